@@ -1,0 +1,8 @@
+//! Benchmark workloads. Each prints the figures an issue asks for; none
+//! asserts a time. The `skiff bench` subcommands call these.
+//!
+//! Benchmarks may start real components (etcd) through `skiff-testing`;
+//! they only ever talk to loopback.
+
+pub mod stats;
+pub mod store;

@@ -1,0 +1,159 @@
+//! Subcommands and their flags (k3s's names where Kubernetes has none).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use skiff_store::{CompactionConfig, Compactor, StoreConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Kubernetes-compatible container orchestrator"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (and, later, a local node).
+    Server(ServerArgs),
+    /// Run benchmarks and print their figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DatastoreArgs {
+    /// Empty for the embedded store under --data-dir; or a comma-separated
+    /// list of http(s):// etcd endpoints.
+    #[arg(long, env = "SKIFF_DATASTORE_ENDPOINT", default_value = "")]
+    pub datastore_endpoint: String,
+    /// CA file to verify etcd's serving certificates.
+    #[arg(long)]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// How often store history is compacted (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub compaction_interval_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the server keeps its state.
+    #[arg(
+        long,
+        short = 'd',
+        env = "SKIFF_DATA_DIR",
+        default_value = "/var/lib/skiff/server"
+    )]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The cluster store: embedded vs a real etcd, side by side.
+    Store(BenchStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStoreArgs {
+    /// Directory on the disk to measure (the scratch data goes below it).
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
+    /// Use this etcd endpoint instead of starting /usr/bin/etcd.
+    #[arg(long)]
+    pub etcd_endpoint: Option<String>,
+    /// Only the embedded store.
+    #[arg(long, conflicts_with = "etcd_only")]
+    pub embedded_only: bool,
+    /// Only etcd.
+    #[arg(long)]
+    pub etcd_only: bool,
+    /// Sequential writes for the 1-writer figure.
+    #[arg(long, default_value_t = 2000)]
+    pub serial_writes: usize,
+    /// Writes for the concurrent figure.
+    #[arg(long, default_value_t = 20_000)]
+    pub concurrent_writes: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// Point reads.
+    #[arg(long, default_value_t = 100_000)]
+    pub reads: usize,
+    /// Keys to list.
+    #[arg(long, default_value_t = 10_000)]
+    pub list_keys: usize,
+    /// Writes timed for watch delivery.
+    #[arg(long, default_value_t = 2000)]
+    pub watch_writes: usize,
+}
+
+impl DatastoreArgs {
+    pub fn store_config(&self, data_dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            endpoint: self.datastore_endpoint.clone(),
+            data_dir: data_dir.join("db"),
+            etcd_ca_file: self.datastore_cafile.clone(),
+            etcd_cert_file: self.datastore_certfile.clone(),
+            etcd_key_file: self.datastore_keyfile.clone(),
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    let config = args.datastore.store_config(&args.data_dir);
+    let store = skiff_store::open(&config)
+        .await
+        .with_context(|| format!("opening the datastore {:?}", config.endpoint))?;
+    let _compactor = Compactor::spawn(
+        store.clone(),
+        CompactionConfig {
+            interval: Duration::from_secs(args.datastore.compaction_interval_seconds.max(1)),
+            ..Default::default()
+        },
+    );
+    tracing::info!(
+        backend = store.backend_name(),
+        revision = store.current_revision().await?,
+        "datastore ready"
+    );
+    anyhow::bail!("the API server is not built yet (issue 3); only the datastore opened")
+}
+
+async fn bench_store(args: BenchStoreArgs) -> Result<()> {
+    let config = skiff_bench::store::StoreBenchConfig {
+        serial_writes: args.serial_writes,
+        concurrent_writes: args.concurrent_writes,
+        writers: args.writers,
+        reads: args.reads,
+        list_keys: args.list_keys,
+        watch_writes: args.watch_writes,
+        work_dir: args.work_dir,
+        etcd_endpoint: args.etcd_endpoint,
+        embedded: !args.etcd_only,
+        etcd: !args.embedded_only,
+        ..Default::default()
+    };
+    skiff_bench::store::run(config).await?;
+    Ok(())
+}
