@@ -97,7 +97,8 @@ pub async fn run(config: StoreBenchConfig) -> Result<Vec<StoreFigures>> {
         let endpoint = match &config.etcd_endpoint {
             Some(e) => e.clone(),
             None => {
-                let p = skiff_testing::EtcdProcess::start_in(&scratch.path().join("etcd"))
+                // Real fsync, data on the same disk as the embedded store.
+                let p = skiff_testing::EtcdProcess::start()
                     .context("starting etcd (is etcd-server installed? scripts/install-deps.sh)")?;
                 let url = p.client_url();
                 _etcd_process = Some(p);
