@@ -10,15 +10,15 @@
 //! - `list` reads `[start, prefix_end)` at one revision with etcd's `limit`
 //!   and `more`; later pages pass the first page's revision.
 //! - `watch` is an etcd watch from `after + 1` with `prev_kv`; see
-//!   [`watch`](self::watch) for how it survives a member's death.
-//! - TTLs become shared leases; see [`leases`](self::leases).
+//!   the `watch` submodule for how it survives a member's death.
+//! - TTLs become shared leases; see the `leases` submodule.
 //!
 //! # Failover and retries
 //!
-//! The client holds every endpoint and balances requests over them; when a
-//! member dies, requests routed to it fail until the channel stops picking
-//! it. A failed request falls in one of three classes
-//! ([`faults::Fault`]):
+//! The client holds every endpoint and balances requests over them. When a
+//! member dies, the balancer keeps picking it now and then; those requests
+//! fail to connect and are retried, most likely on another member. A failed
+//! request falls in one of three classes (`faults::Fault`):
 //!
 //! - **not applied**: it never reached a server (the connection could not be
 //!   made), or etcd refused it before proposing it to raft (`no leader`, as
@@ -116,6 +116,10 @@ impl Default for EtcdConfig {
 }
 
 /// The store on a real etcd v3 cluster.
+/// The most keys one range request asks for (1 KiB values stay well under
+/// gRPC's 4 MiB message limit).
+const LIST_PAGE: usize = 1000;
+
 pub struct EtcdStore {
     conn: Conn,
     leases: Leases,
@@ -681,6 +685,9 @@ impl Store for EtcdStore {
         resp.0.kvs.drain(..).next().map(key_value).transpose()
     }
 
+    /// Reads in pages of at most [`LIST_PAGE`] keys at one revision, so a
+    /// large list never exceeds gRPC's message size limit and stays one
+    /// consistent snapshot.
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult> {
         let (mut start, end) = prefix_range(prefix);
         if let Some(after) = &opts.continue_after {
@@ -690,41 +697,61 @@ impl Store for EtcdStore {
                 start = next;
             }
         }
-        let at = opts.revision.filter(|r| *r > 0);
-        let limit = i64::try_from(opts.limit).unwrap_or(i64::MAX);
-        let mut options = GetOptions::new().with_range(end).with_limit(limit);
-        if let Some(r) = at {
-            options = options.with_revision(r);
+        let mut at = opts.revision.filter(|r| *r > 0);
+        let wanted = if opts.limit == 0 {
+            usize::MAX
+        } else {
+            opts.limit
+        };
+        let mut items: Vec<KeyValue> = Vec::new();
+        loop {
+            let page = (wanted - items.len()).min(LIST_PAGE);
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(page as i64);
+            if let Some(r) = at {
+                options = options.with_revision(r);
+            }
+            let result = self
+                .conn
+                .idempotent(|| {
+                    let mut kv = self.conn.client.kv_client();
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
+                .await;
+            let resp = match result {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.revision_error(e, at.unwrap_or(0)).await),
+            };
+            self.conn.saw(resp.header());
+            let revision = match at {
+                Some(r) => r,
+                None => header_revision(resp.header())?,
+            };
+            at = Some(revision);
+            let more = resp.0.more;
+            for kv in resp.0.kvs {
+                items.push(key_value(kv)?);
+            }
+            if !more || items.len() >= wanted {
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    more,
+                });
+            }
+            let Some(last) = items.last() else {
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    more,
+                });
+            };
+            let mut next = last.key.as_bytes().to_vec();
+            next.push(0);
+            start = next;
         }
-        let result = self
-            .conn
-            .idempotent(|| {
-                let mut kv = self.conn.client.kv_client();
-                let (start, options) = (start.clone(), options.clone());
-                async move { kv.get(start, Some(options)).await }
-            })
-            .await;
-        let resp = match result {
-            Ok(resp) => resp,
-            Err(e) => return Err(self.revision_error(e, at.unwrap_or(0)).await),
-        };
-        self.conn.saw(resp.header());
-        let revision = match at {
-            Some(r) => r,
-            None => header_revision(resp.header())?,
-        };
-        let more = resp.0.more;
-        let items = resp
-            .0
-            .kvs
-            .into_iter()
-            .map(key_value)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ListResult {
-            items,
-            revision,
-            more,
-        })
     }
 
     async fn count(&self, prefix: &str) -> Result<i64> {
@@ -985,7 +1012,7 @@ mod tests {
 
     #[test]
     fn prefix_ranges_cover_exactly_the_prefix() {
-        let cases: &[(&str, &[u8], &[u8])] = &[
+        let cases: &[(&str, &str, &[u8], &[u8])] = &[
             (
                 "a prefix",
                 "/registry/pods/",

@@ -108,3 +108,52 @@ async fn history_and_revision_survive_reopening() {
         .unwrap();
     assert_eq!(next.mod_revision, last.mod_revision + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_compactor_discards_old_history_but_keeps_the_newest_revisions() {
+    use skiff_store::{CompactionConfig, Compactor, Error};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&dir.path().join("state.redb"), EmbeddedConfig::default()).unwrap(),
+    );
+    for i in 0..50 {
+        store
+            .create(
+                &format!("/c/{i}"),
+                Bytes::from_static(b"x"),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let _compactor = Compactor::spawn(
+        store.clone(),
+        CompactionConfig {
+            interval: Duration::from_millis(100),
+            keep_revisions: 10,
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.watch("/c/", 0).await {
+            Err(Error::Compacted { compacted, .. }) => {
+                assert!(
+                    compacted <= 40,
+                    "kept the newest 10 revisions, compacted to {compacted}"
+                );
+                break;
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no compaction within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // The newest revisions can still be watched.
+    let mut w = store.watch("/c/", 45).await.unwrap();
+    assert_eq!(w.next().await.unwrap().unwrap().revision, 46);
+}

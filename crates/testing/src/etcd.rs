@@ -99,7 +99,11 @@ impl EtcdProcess {
     /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub fn client_url(&self) -> String {
         // A one-member cluster has exactly one URL.
-        self.cluster.client_urls.first().cloned().unwrap_or_default()
+        self.cluster
+            .client_urls
+            .first()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The temp dir holding the data dir and `etcd.log`.
@@ -110,6 +114,11 @@ impl EtcdProcess {
     /// The last lines etcd wrote.
     pub fn log_tail(&self) -> String {
         self.cluster.log_tail(0)
+    }
+
+    /// etcd's Prometheus metrics, as text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        self.cluster.metrics(0)
     }
 }
 
@@ -149,7 +158,11 @@ impl EtcdCluster {
 
     fn try_start(size: usize, options: &EtcdOptions) -> anyhow::Result<EtcdCluster> {
         let dir = temp_dir(options.data_in_memory)?;
-        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
             members.push(Member {
@@ -258,11 +271,25 @@ impl EtcdCluster {
                 return Ok(());
             }
             // The initial-cluster flags are ignored once the data dir exists.
-            let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+            let scheme = if self.options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let initial = format!("{}=http://127.0.0.1:{}", member.name, member.peer_port);
             member.spawn(scheme, &initial, "restart", self.options.tls.as_ref())?;
         }
         self.wait_healthy(Some(i))
+    }
+
+    /// Member `i`'s Prometheus metrics, as text.
+    pub fn metrics(&self, i: usize) -> anyhow::Result<String> {
+        let port = self
+            .members()
+            .get(i)
+            .map(|m| m.metrics_port)
+            .with_context(|| format!("no etcd member {i}"))?;
+        http_get(port, "/metrics").with_context(|| format!("reading metrics of etcd member {i}"))
     }
 
     /// The last lines member `i` wrote to its log.

@@ -36,21 +36,22 @@ impl TestPki {
         ];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-        let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
-            let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca)?;
-            Ok((cert.pem(), key.serialize_pem()))
-        };
+        let leaf =
+            |name: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
+                let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+                params
+                    .subject_alt_names
+                    .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+                params.distinguished_name.push(DnType::CommonName, name);
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                params.extended_key_usages = vec![usage];
+                let key = KeyPair::generate()?;
+                let cert = params.signed_by(&key, &ca)?;
+                Ok((cert.pem(), key.serialize_pem()))
+            };
         let (server_cert, server_key) = leaf("etcd", ExtendedKeyUsagePurpose::ServerAuth)?;
         let (client_cert, client_key) = leaf("skiff", ExtendedKeyUsagePurpose::ClientAuth)?;
 

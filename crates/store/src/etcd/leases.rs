@@ -149,10 +149,16 @@ mod tests {
             ),
             ("a much shorter ttl would live too long", 60, at(0), None),
             (
-                "a slightly shorter ttl fits the window",
-                3590,
+                "a slightly longer ttl fits the window",
+                3610,
                 at(0),
                 Some(7),
+            ),
+            (
+                "ten seconds shorter outlives the ttl by 70 s",
+                3590,
+                at(0),
+                None,
             ),
         ];
         for (name, ttl, now, want) in cases {

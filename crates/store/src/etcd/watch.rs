@@ -30,7 +30,8 @@ use crate::types::{Event, EventKind, Revision, WatchStream};
 const BUFFER: usize = 256;
 
 pub(super) async fn start(store: &EtcdStore, prefix: &str, after: Revision) -> Result<WatchStream> {
-    let after = after.max(0);
+    // Revisions start at 1; i64::MAX would overflow the start revision.
+    let after = after.clamp(0, Revision::MAX - 1);
     let (key, end) = prefix_range(prefix);
     check_not_compacted(store, &key, &end, after).await?;
     let conn = store.conn.clone();

@@ -70,6 +70,7 @@ macro_rules! store_behaviour_suite {
             concurrent_writers_on_one_key_exactly_one_wins_each_round,
             guaranteed_update_applies_every_concurrent_increment,
             watch_under_concurrent_writes_sees_every_event_once,
+            list_larger_than_one_message_returns_every_key,
         );
     };
     (@tests $make:path; $($name:ident),* $(,)?) => {
@@ -592,4 +593,45 @@ pub async fn watch_under_concurrent_writes_sees_every_event_once(mut s: Subject)
     // Nothing more arrives.
     let extra = tokio::time::timeout(Duration::from_millis(300), w.next()).await;
     assert!(extra.is_err(), "unexpected extra event {extra:?}");
+}
+
+pub async fn list_larger_than_one_message_returns_every_key(s: Subject) {
+    let st = s.store.clone();
+    // 2,400 values of 4 KiB: about 10 MB, over gRPC's 4 MiB message limit.
+    let value = Bytes::from(vec![b'v'; 4096]);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let st = st.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                st.create(&format!("/big/{w:02}/{i:03}"), value.clone(), NO_TTL)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = st.list("/big/", ListOptions::default()).await.unwrap();
+    assert_eq!(all.items.len(), 2400);
+    assert!(!all.more);
+    assert!(
+        all.items.windows(2).all(|p| p[0].key < p[1].key),
+        "key order"
+    );
+    let page = st
+        .list(
+            "/big/",
+            ListOptions {
+                limit: 1500,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1500);
+    assert!(page.more);
+    assert_eq!(page.items[..], all.items[..1500]);
 }

@@ -1,0 +1,1336 @@
+//! The generic registry: the verbs of every resource in the table, on top of
+//! the store. Objects are `serde_json::Value`s; the store holds their JSON
+//! without `metadata.resourceVersion`, which is the key's `mod_revision` and
+//! is filled in on the way out.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use skiff_store::{Error as StoreError, EventKind, KeyValue, ListOptions, PutOptions, Revision};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, FieldError, GroupResource};
+use crate::patch::{self, PatchType};
+use crate::resources::{self, ResourceDef, Subresource};
+use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::validation;
+
+/// The detail of a 409 on a stale `resourceVersion`.
+pub(crate) const MODIFIED: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+
+/// Kubernetes' limit on request bodies.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Watches without `timeoutSeconds` end after this long, like Kubernetes'
+/// `--min-request-timeout`.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// What a resource URL names.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub def: &'static ResourceDef,
+    /// The namespace from the URL (`None` for cluster-scoped resources and
+    /// for lists across all namespaces).
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<Subresource>,
+}
+
+/// The query parameters the registry understands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub limit: Option<i64>,
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    pub watch: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub dry_run: Option<String>,
+}
+
+impl Params {
+    fn is_watch(&self) -> bool {
+        matches!(self.watch.as_deref(), Some("1" | "true" | "True"))
+    }
+
+    fn selectors(&self, def: &ResourceDef) -> ApiResult<Selectors> {
+        let labels = match self.label_selector.as_deref() {
+            Some(s) => LabelSelector::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            None => LabelSelector::default(),
+        };
+        let fields = match self.field_selector.as_deref() {
+            Some(s) => {
+                FieldSelector::parse(s, def).map_err(|e| ApiError::BadRequest(e.to_string()))?
+            }
+            None => FieldSelector::default(),
+        };
+        Ok(Selectors { labels, fields })
+    }
+
+    fn dry_run(&self) -> ApiResult<bool> {
+        match self.dry_run.as_deref() {
+            None | Some("") => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "Invalid dry run value: {other}, supported values: All"
+            ))),
+        }
+    }
+}
+
+/// Serves one request to a resource URL.
+pub async fn handle(
+    state: &AppState,
+    method: &Method,
+    target: Target,
+    params: Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let Target {
+        def,
+        namespace,
+        name,
+        subresource,
+    } = target;
+    let ns = namespace.as_deref();
+    match (method.as_str(), name) {
+        ("GET", None) if params.is_watch() => watch(state, def, ns, &params).await,
+        ("GET", None) => Ok(ok(list(state, def, ns, &params).await?)),
+        ("GET", Some(name)) => Ok(ok(get(state, def, ns, &name).await?)),
+        ("POST", None) if ns.is_some() || !def.namespaced => {
+            let body = read_body(headers, body).await?;
+            let obj = decode_object(def, headers, &body)?;
+            let created = create(state, def, ns, obj, params.dry_run()?).await?;
+            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+        }
+        ("PUT", Some(name)) => {
+            let body = read_body(headers, body).await?;
+            let obj = decode_object(def, headers, &body)?;
+            Ok(ok(update(
+                state,
+                def,
+                ns,
+                &name,
+                subresource,
+                obj,
+                params.dry_run()?,
+            )
+            .await?))
+        }
+        ("PATCH", Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let Some(ty) = PatchType::from_content_type(content_type) else {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type:?}"
+                )));
+            };
+            let body = read_body(headers, body).await?;
+            Ok(ok(patch(
+                state,
+                def,
+                ns,
+                &name,
+                subresource,
+                ty,
+                &body,
+                params.dry_run()?,
+            )
+            .await?))
+        }
+        ("DELETE", Some(name)) if subresource.is_none() => {
+            let body = read_body(headers, body).await?;
+            let opts = DeleteOptions::decode(&body)?;
+            Ok(ok(
+                delete(state, def, ns, &name, &opts, params.dry_run()?).await?
+            ))
+        }
+        ("DELETE", None) => {
+            let body = read_body(headers, body).await?;
+            let opts = DeleteOptions::decode(&body)?;
+            Ok(ok(delete_collection(state, def, ns, &params, &opts).await?))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn ok(v: Value) -> Response {
+    crate::json_response(StatusCode::OK, &v)
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::RequestEntityTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let inner = e.into_inner();
+            if inner.is::<http_body_util::LengthLimitError>() {
+                ApiError::RequestEntityTooLarge {
+                    limit: MAX_BODY_BYTES,
+                }
+            } else {
+                ApiError::BadRequest(format!("reading request body: {inner}"))
+            }
+        })
+}
+
+/// Parses a request body into an object of `def`'s kind. `kind` and
+/// `apiVersion` must be present and match the URL.
+fn decode_object(def: &ResourceDef, headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media == "application/vnd.kubernetes.protobuf" {
+        let obj = crate::protobuf::decode(body).map_err(|e| match e {
+            crate::protobuf::ProtobufError::UnsupportedKind(_) => {
+                ApiError::UnsupportedMediaType(e.to_string())
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+        check_type_meta(def, &obj)?;
+        return Ok(obj);
+    }
+    if media != "application/json" && !media.is_empty() {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json; got {content_type:?}"
+        )));
+    }
+    let obj: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
+    })?;
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(
+            "couldn't get version/kind; json parse error: the body is not a JSON object".into(),
+        ));
+    }
+    check_type_meta(def, &obj)?;
+    Ok(obj)
+}
+
+fn check_type_meta(def: &ResourceDef, obj: &Value) -> ApiResult<()> {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "Object 'Kind' is missing in '{obj}'"
+        )));
+    }
+    if api_version.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "Object 'apiVersion' is missing in '{obj}'"
+        )));
+    }
+    if api_version != def.api_version() {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            def.api_version()
+        )));
+    }
+    if kind != def.kind {
+        return Err(ApiError::BadRequest(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            def.kind
+        )));
+    }
+    Ok(())
+}
+
+fn meta(obj: &Value, field: &str) -> Option<String> {
+    obj.get("metadata")?
+        .get(field)?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The `metadata` map of `obj`, created when missing. Callers pass objects
+/// (checked at decode time); anything else is replaced by an empty object
+/// rather than panicking.
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = Value::Object(Map::new());
+    }
+    let Value::Object(map) = obj else {
+        unreachable!("replaced by an object above")
+    };
+    let slot = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    match slot {
+        Value::Object(m) => m,
+        _ => unreachable!("replaced by an object above"),
+    }
+}
+
+/// The RFC 3339 UTC time with second precision, as Kubernetes writes it.
+pub(crate) fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// A stored object as clients see it: `apiVersion`/`kind` set and
+/// `metadata.resourceVersion` from the key's revision.
+fn present(def: &ResourceDef, value: &[u8], revision: Revision) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))?;
+    if !obj.is_object() {
+        return Err(ApiError::Internal(
+            "stored object is not a JSON object".into(),
+        ));
+    }
+    if let Some(map) = obj.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(def.api_version()));
+        map.insert("kind".into(), Value::String(def.kind.into()));
+    }
+    meta_mut(&mut obj).insert(
+        "resourceVersion".into(),
+        Value::String(revision.to_string()),
+    );
+    Ok(obj)
+}
+
+fn present_kv(def: &ResourceDef, kv: &KeyValue) -> ApiResult<Value> {
+    present(def, &kv.value, kv.mod_revision)
+}
+
+/// The bytes stored for an object: without `resourceVersion` and `selfLink`.
+fn encode(obj: &Value) -> ApiResult<Bytes> {
+    let mut obj = obj.clone();
+    let m = meta_mut(&mut obj);
+    m.remove("resourceVersion");
+    m.remove("selfLink");
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(format!("encoding object: {e}")))
+}
+
+fn not_found(def: &ResourceDef, name: &str) -> ApiError {
+    ApiError::NotFound {
+        resource: GroupResource::of(def),
+        name: name.to_string(),
+    }
+}
+
+fn conflict(def: &ResourceDef, name: &str, detail: &str) -> ApiError {
+    ApiError::Conflict {
+        resource: GroupResource::of(def),
+        name: name.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn invalid(def: &ResourceDef, name: &str, causes: Vec<FieldError>) -> ApiError {
+    ApiError::Invalid {
+        kind: def.kind.to_string(),
+        group: def.group.to_string(),
+        name: name.to_string(),
+        causes,
+    }
+}
+
+fn put_options(def: &ResourceDef) -> PutOptions {
+    PutOptions { ttl: def.ttl }
+}
+
+/// The key of an object; `namespace` is ignored for cluster-scoped kinds.
+fn key_of(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+    def.key(if def.namespaced { namespace } else { None }, name)
+}
+
+pub async fn get(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Value> {
+    let kv = state
+        .store()
+        .get(&key_of(def, ns, name))
+        .await?
+        .ok_or_else(|| not_found(def, name))?;
+    present_kv(def, &kv)
+}
+
+/// `generateName` plus five random characters from Kubernetes' alphabet.
+fn generate_name(base: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let random = uuid::Uuid::new_v4();
+    let suffix: String = random.as_bytes()[..5]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    // Kubernetes truncates the base so that the name stays within 63.
+    let base: String = base.chars().take(58).collect();
+    format!("{base}{suffix}")
+}
+
+/// Creates `obj` (already checked for kind) in namespace `ns`.
+pub async fn create(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    // Namespace: from the URL; the object's must agree.
+    if def.namespaced {
+        let url_ns = ns.unwrap_or_default();
+        match meta(&obj, "namespace") {
+            Some(obj_ns) if !obj_ns.is_empty() && obj_ns != url_ns => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".into(),
+                ));
+            }
+            _ => {
+                meta_mut(&mut obj).insert("namespace".into(), Value::String(url_ns.into()));
+            }
+        }
+    } else {
+        meta_mut(&mut obj).remove("namespace");
+    }
+    // Name, possibly generated.
+    let name = match meta(&obj, "name").filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => match meta(&obj, "generateName").filter(|n| !n.is_empty()) {
+            Some(base) => {
+                let n = generate_name(&base);
+                meta_mut(&mut obj).insert("name".into(), Value::String(n.clone()));
+                n
+            }
+            None => {
+                return Err(invalid(
+                    def,
+                    "",
+                    vec![FieldError::required(
+                        "metadata.name",
+                        "name or generateName is required",
+                    )],
+                ));
+            }
+        },
+    };
+    let errors = validation::validate_metadata(&obj, def.name_rule, def.namespaced);
+    if !errors.is_empty() {
+        return Err(invalid(def, &name, errors));
+    }
+    // System fields are the server's.
+    {
+        let m = meta_mut(&mut obj);
+        m.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        m.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        m.insert("generation".into(), json!(1));
+        for field in [
+            "resourceVersion",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+        ] {
+            m.remove(field);
+        }
+    }
+    apply_defaults(def, &mut obj);
+    if def.namespaced {
+        let ns_name = ns.unwrap_or_default();
+        let ns_def = namespaces_def();
+        if state
+            .store()
+            .get(&ns_def.key(None, ns_name))
+            .await?
+            .is_none()
+        {
+            return Err(not_found(ns_def, ns_name));
+        }
+    }
+    let key = key_of(def, ns, &name);
+    if dry_run {
+        if state.store().get(&key).await?.is_some() {
+            return Err(ApiError::AlreadyExists {
+                resource: GroupResource::of(def),
+                name,
+            });
+        }
+        return Ok(obj);
+    }
+    match state
+        .store()
+        .create(&key, encode(&obj)?, put_options(def))
+        .await
+    {
+        Ok(kv) => present_kv(def, &kv),
+        Err(StoreError::AlreadyExists { .. }) => Err(ApiError::AlreadyExists {
+            resource: GroupResource::of(def),
+            name,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn namespaces_def() -> &'static ResourceDef {
+    // The table always has namespaces; a missing row is a programming error
+    // caught by the resources tests.
+    resources::find("", "v1", "namespaces").unwrap_or(&resources::RESOURCES[0])
+}
+
+/// The per-kind defaulting done so far (Kubernetes defaults many more
+/// fields; typed defaulting comes with the API types).
+fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
+    match (def.group, def.plural) {
+        ("", "namespaces") => default_namespace(obj),
+        ("", "secrets") => {
+            if let Some(map) = obj.as_object_mut()
+                && map
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                map.insert("type".into(), json!("Opaque"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn default_namespace(obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let spec = map.entry("spec").or_insert_with(|| json!({}));
+    if let Some(spec) = spec.as_object_mut() {
+        spec.entry("finalizers")
+            .or_insert_with(|| json!(["kubernetes"]));
+    }
+    map.insert("status".into(), json!({"phase": "Active"}));
+}
+
+/// Everything but `metadata` and `status`: what bumps `generation`.
+fn spec_part(obj: &Value) -> Value {
+    match obj {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The outcome of a conditional write attempt.
+enum Write {
+    Done(Value),
+    /// Someone else wrote first: read again.
+    Retry,
+}
+
+/// Turns a client's new version of an object into the one to store: server
+/// fields kept from `old`, status or spec kept depending on `sub`, generation
+/// bumped on spec changes, then validated and written conditionally on
+/// `current`'s revision.
+async fn commit_update(
+    state: &AppState,
+    def: &ResourceDef,
+    current: &KeyValue,
+    old: &Value,
+    mut new: Value,
+    sub: Option<Subresource>,
+    dry_run: bool,
+) -> ApiResult<Write> {
+    let name = meta(old, "name").unwrap_or_default();
+    if meta(&new, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta(&new, "name").unwrap_or_default()
+        )));
+    }
+    if def.namespaced && meta(&new, "namespace").is_some_and(|n| Some(n) != meta(old, "namespace"))
+    {
+        return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        ));
+    }
+    check_type_meta(def, &new)?;
+    let new_obj = match sub {
+        Some(Subresource::Status) => {
+            // Only .status changes through the status subresource.
+            let mut merged = old.clone();
+            if let (Some(m), Some(status)) = (merged.as_object_mut(), new.get("status")) {
+                m.insert("status".into(), status.clone());
+            }
+            merged
+        }
+        None => {
+            if let (true, Some(m)) = (
+                def.has_subresource(Subresource::Status),
+                new.as_object_mut(),
+            ) {
+                match old.get("status") {
+                    Some(status) => m.insert("status".into(), status.clone()),
+                    None => m.remove("status"),
+                };
+            }
+            let old_meta = old.get("metadata").cloned().unwrap_or_default();
+            let m = meta_mut(&mut new);
+            for field in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                match old_meta.get(field) {
+                    Some(v) => m.insert(field.into(), v.clone()),
+                    None => m.remove(field),
+                };
+            }
+            if spec_part(&new) != spec_part(old) {
+                let generation = old_meta
+                    .get("generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                meta_mut(&mut new).insert("generation".into(), json!(generation + 1));
+            }
+            new
+        }
+    };
+    let errors = validation::validate_metadata(&new_obj, def.name_rule, def.namespaced);
+    if !errors.is_empty() {
+        return Err(invalid(def, &name, errors));
+    }
+    let new_bytes = encode(&new_obj)?;
+    let old_bytes = encode(old)?;
+    let unchanged = serde_json::from_slice::<Value>(&new_bytes).ok()
+        == serde_json::from_slice::<Value>(&old_bytes).ok();
+    if unchanged {
+        return Ok(Write::Done(present_kv(def, current)?));
+    }
+    // The last finalizer removed from an object being deleted: it goes.
+    let being_deleted = new_obj.pointer("/metadata/deletionTimestamp").is_some();
+    let finalizers_left = new_obj
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if dry_run {
+        let mut out = new_obj;
+        meta_mut(&mut out).insert(
+            "resourceVersion".into(),
+            json!(current.mod_revision.to_string()),
+        );
+        return Ok(Write::Done(out));
+    }
+    if being_deleted && !finalizers_left {
+        return match state
+            .store()
+            .delete(&current.key, Some(current.mod_revision))
+            .await
+        {
+            Ok(deleted) => Ok(Write::Done(present(def, &new_bytes, deleted.revision)?)),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(Write::Retry),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match state
+        .store()
+        .update(
+            &current.key,
+            new_bytes,
+            current.mod_revision,
+            put_options(def),
+        )
+        .await
+    {
+        Ok(kv) => Ok(Write::Done(present_kv(def, &kv)?)),
+        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(Write::Retry),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_resource_version(def: &ResourceDef, name: &str, rv: &str) -> ApiResult<Revision> {
+    rv.parse::<Revision>().map_err(|_| {
+        invalid(
+            def,
+            name,
+            vec![FieldError::invalid(
+                "metadata.resourceVersion",
+                rv,
+                "must be an integer",
+            )],
+        )
+    })
+}
+
+pub async fn update(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<Subresource>,
+    obj: Value,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    if meta(&obj, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta(&obj, "name").unwrap_or_default()
+        )));
+    }
+    let precondition = match meta(&obj, "resourceVersion").filter(|rv| !rv.is_empty()) {
+        Some(rv) => Some(parse_resource_version(def, name, &rv)?),
+        None => None,
+    };
+    let key = key_of(def, ns, name);
+    loop {
+        let current = state
+            .store()
+            .get(&key)
+            .await?
+            .ok_or_else(|| not_found(def, name))?;
+        if precondition.is_some_and(|rv| rv != current.mod_revision) {
+            return Err(conflict(def, name, MODIFIED));
+        }
+        let old = present_kv(def, &current)?;
+        match commit_update(state, def, &current, &old, obj.clone(), sub, dry_run).await? {
+            Write::Done(v) => return Ok(v),
+            Write::Retry if precondition.is_some() => return Err(conflict(def, name, MODIFIED)),
+            Write::Retry => continue,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn patch(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<Subresource>,
+    ty: PatchType,
+    body: &[u8],
+    dry_run: bool,
+) -> ApiResult<Value> {
+    let key = key_of(def, ns, name);
+    loop {
+        let current = state
+            .store()
+            .get(&key)
+            .await?
+            .ok_or_else(|| not_found(def, name))?;
+        let old = present_kv(def, &current)?;
+        let patched = patch::apply(ty, &old, body).map_err(|e| match e {
+            patch::PatchError::Apply(_) => invalid(
+                def,
+                name,
+                vec![FieldError {
+                    reason: "FieldValueInvalid",
+                    field: String::new(),
+                    message: e.to_string(),
+                }],
+            ),
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+        if !patched.is_object() {
+            return Err(ApiError::BadRequest(
+                "the patched object is not a JSON object".into(),
+            ));
+        }
+        // A resourceVersion in the patch is a precondition.
+        let patched_rv = meta(&patched, "resourceVersion");
+        let has_precondition =
+            patched_rv.as_deref() != Some(current.mod_revision.to_string().as_str());
+        if has_precondition {
+            match patched_rv {
+                Some(rv) if !rv.is_empty() => {
+                    parse_resource_version(def, name, &rv)?;
+                    return Err(conflict(def, name, MODIFIED));
+                }
+                // Removing resourceVersion through the patch means no precondition.
+                _ => {}
+            }
+        }
+        match commit_update(state, def, &current, &old, patched, sub, dry_run).await? {
+            Write::Done(v) => return Ok(v),
+            Write::Retry => continue,
+        }
+    }
+}
+
+/// The `DeleteOptions` body of a delete, as far as it is honoured.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteOptions {
+    pub preconditions: Option<Preconditions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    fn decode(body: &[u8]) -> ApiResult<DeleteOptions> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(DeleteOptions::default());
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))
+    }
+}
+
+fn success_status(def: &ResourceDef, name: &str, uid: Option<String>) -> Value {
+    let mut details = json!({"name": name, "kind": def.plural});
+    if !def.group.is_empty() {
+        details["group"] = json!(def.group);
+    }
+    if let Some(uid) = uid {
+        details["uid"] = json!(uid);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
+/// Kinds whose delete answers with the deleted object, as in Kubernetes.
+fn returns_deleted_object(def: &ResourceDef) -> bool {
+    def.group.is_empty() && matches!(def.plural, "pods" | "services" | "namespaces")
+}
+
+pub async fn delete(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    let is_namespace = def.group.is_empty() && def.plural == "namespaces";
+    if is_namespace && SYSTEM_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden {
+            resource: GroupResource::of(def),
+            name: name.to_string(),
+            detail: "this namespace may not be deleted".into(),
+        });
+    }
+    let key = key_of(def, ns, name);
+    loop {
+        let current = state
+            .store()
+            .get(&key)
+            .await?
+            .ok_or_else(|| not_found(def, name))?;
+        let obj = present_kv(def, &current)?;
+        if let Some(pre) = &opts.preconditions {
+            let uid = meta(&obj, "uid").unwrap_or_default();
+            if let Some(want) = pre.uid.as_deref().filter(|u| *u != uid) {
+                return Err(conflict(
+                    def,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                    ),
+                ));
+            }
+            let rv = current.mod_revision.to_string();
+            if let Some(want) = pre.resource_version.as_deref().filter(|r| *r != rv) {
+                return Err(conflict(
+                    def,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+                    ),
+                ));
+            }
+        }
+        let has_finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            // Marked, not removed, until the finalizers are gone.
+            if obj.pointer("/metadata/deletionTimestamp").is_some() || dry_run {
+                return Ok(obj);
+            }
+            let mut marked = obj.clone();
+            let m = meta_mut(&mut marked);
+            m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            match state
+                .store()
+                .update(
+                    &key,
+                    encode(&marked)?,
+                    current.mod_revision,
+                    put_options(def),
+                )
+                .await
+            {
+                Ok(kv) => return present_kv(def, &kv),
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if dry_run {
+            return Ok(if returns_deleted_object(def) {
+                obj
+            } else {
+                success_status(def, name, meta(&obj, "uid"))
+            });
+        }
+        if is_namespace {
+            delete_namespace_contents(state, name).await?;
+        }
+        match state.store().delete(&key, Some(current.mod_revision)).await {
+            Ok(deleted) => {
+                return Ok(if returns_deleted_object(def) {
+                    present(def, &deleted.prev.value, deleted.revision)?
+                } else {
+                    success_status(def, name, meta(&obj, "uid"))
+                });
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => return Err(not_found(def, name)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes every object in namespace `ns`. Kubernetes does this in the
+/// namespace controller while the namespace is `Terminating`; until skiff
+/// has that controller the API server does it before removing the
+/// namespace. Finalizers of the contents are not waited for.
+async fn delete_namespace_contents(state: &AppState, ns: &str) -> ApiResult<()> {
+    for def in resources::RESOURCES.iter().filter(|d| d.namespaced) {
+        let prefix = def.key_prefix(Some(ns));
+        let page = state.store().list(&prefix, ListOptions::default()).await?;
+        for kv in page.items {
+            match state.store().delete(&kv.key, None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_collection(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    params: &Params,
+    opts: &DeleteOptions,
+) -> ApiResult<Value> {
+    let dry_run = params.dry_run()?;
+    let selectors = params.selectors(def)?;
+    let page = state
+        .store()
+        .list(&def.key_prefix(ns), ListOptions::default())
+        .await?;
+    let mut deleted = Vec::new();
+    for kv in &page.items {
+        let obj = present_kv(def, kv)?;
+        if !selectors.matches(&obj) {
+            continue;
+        }
+        let name = meta(&obj, "name").unwrap_or_default();
+        let obj_ns = meta(&obj, "namespace");
+        match delete(state, def, obj_ns.as_deref(), &name, opts, dry_run).await {
+            Ok(_) => deleted.push(obj),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({
+        "kind": def.list_kind(),
+        "apiVersion": def.api_version(),
+        "metadata": {"resourceVersion": page.revision.to_string()},
+        "items": deleted,
+    }))
+}
+
+/// The decoded `continue` parameter: Kubernetes' format, base64url of
+/// `{"v":"meta.k8s.io/v1","rv":N,"start":"<key after prefix>\u0000"}`.
+#[derive(Debug, serde::Serialize, Deserialize, PartialEq, Eq)]
+struct ContinueToken {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+fn encode_continue(prefix: &str, revision: Revision, last_key: &str) -> String {
+    let start = format!("{}\u{0}", last_key.strip_prefix(prefix).unwrap_or(last_key));
+    let token = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv: revision,
+        start,
+    };
+    let bytes = serde_json::to_vec(&token).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The revision and the key to continue after.
+fn decode_continue(prefix: &str, token: &str) -> ApiResult<(Revision, String)> {
+    let bad = || {
+        ApiError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into())
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.v != "meta.k8s.io/v1" || token.rv <= 0 {
+        return Err(bad());
+    }
+    let start = token.start.strip_suffix('\u{0}').unwrap_or(&token.start);
+    if start.starts_with('/') || start.split('/').any(|p| p == "..") {
+        return Err(bad());
+    }
+    Ok((token.rv, format!("{prefix}{start}")))
+}
+
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.";
+
+pub async fn list(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    params: &Params,
+) -> ApiResult<Value> {
+    let selectors = params.selectors(def)?;
+    let prefix = def.key_prefix(ns);
+    let limit = params.limit.filter(|l| *l > 0).map(|l| l as usize);
+    let (mut revision, mut after) = match params.continue_token.as_deref().filter(|t| !t.is_empty())
+    {
+        Some(token) => {
+            let (rv, after) = decode_continue(&prefix, token)?;
+            (Some(rv), Some(after))
+        }
+        None => {
+            let exact = params.resource_version_match.as_deref() == Some("Exact");
+            let rv = match params.resource_version.as_deref() {
+                Some(rv) if exact && !rv.is_empty() => {
+                    Some(rv.parse::<Revision>().map_err(|_| {
+                        ApiError::BadRequest(format!("invalid resource version: {rv}"))
+                    })?)
+                }
+                _ => None,
+            };
+            (rv, None)
+        }
+    };
+    let from_continue = after.is_some();
+    let mut items = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let opts = ListOptions {
+            limit: limit.unwrap_or(0),
+            continue_after: after.clone(),
+            revision,
+        };
+        let page = match state.store().list(&prefix, opts).await {
+            Ok(p) => p,
+            Err(StoreError::Compacted { .. }) if from_continue => {
+                return Err(ApiError::Expired(CONTINUE_EXPIRED.into()));
+            }
+            Err(StoreError::Compacted {
+                requested,
+                compacted,
+            }) => {
+                return Err(ApiError::Expired(format!(
+                    "too old resource version: {requested} ({compacted})"
+                )));
+            }
+            Err(StoreError::FutureRevision { requested, current }) => {
+                return Err(ApiError::TooLargeResourceVersion { requested, current });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        revision = Some(page.revision);
+        let count = page.items.len();
+        let mut full = false;
+        for (i, kv) in page.items.iter().enumerate() {
+            after = Some(kv.key.clone());
+            let obj = present_kv(def, kv)?;
+            if selectors.matches(&obj) {
+                items.push(obj);
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                if i + 1 < count || page.more {
+                    next = Some(kv.key.clone());
+                }
+                full = true;
+                break;
+            }
+        }
+        if full || !page.more || count == 0 {
+            break;
+        }
+    }
+    let revision = revision.unwrap_or(0);
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(last) = next {
+        metadata["continue"] = json!(encode_continue(&prefix, revision, &last));
+    }
+    Ok(json!({
+        "kind": def.list_kind(),
+        "apiVersion": def.api_version(),
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+fn watch_event(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// A watch: ADDED for the current state first when no (or `"0"`)
+/// resourceVersion is given, then every change, as JSON lines.
+async fn watch(
+    state: &AppState,
+    def: &'static ResourceDef,
+    ns: Option<&str>,
+    params: &Params,
+) -> ApiResult<Response> {
+    let selectors = params.selectors(def)?;
+    let prefix = def.key_prefix(ns);
+    let timeout = params
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+    let store = state.store().clone();
+
+    let mut initial = Vec::new();
+    let start = match params.resource_version.as_deref() {
+        None | Some("" | "0") => {
+            let page = store.list(&prefix, ListOptions::default()).await?;
+            for kv in &page.items {
+                let obj = present_kv(def, kv)?;
+                if selectors.matches(&obj) {
+                    initial.push(watch_event("ADDED", &obj));
+                }
+            }
+            page.revision
+        }
+        Some(rv) => rv
+            .parse::<Revision>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?,
+    };
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    // Opening the store watch before answering lets a compacted revision
+    // still be reported inside a 200 stream, as Kubernetes does.
+    let opened = store.watch(&prefix, start).await;
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        for event in initial {
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Ok(watch_error(e))).await;
+                return;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                next = stream.next() => next,
+            };
+            let event = match next {
+                None => return,
+                Some(Err(e)) => {
+                    let _ = tx.send(Ok(watch_error(e))).await;
+                    return;
+                }
+                Some(Ok(ev)) => ev,
+            };
+            let lines = match translate(def, &selectors, &event) {
+                Ok(lines) => lines,
+                Err(e) => {
+                    let _ = tx.send(Ok(watch_event("ERROR", &e.status()))).await;
+                    return;
+                }
+            };
+            for line in lines {
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_wrapper(rx));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .unwrap_or_else(|_| ApiError::Internal("building watch response".into()).into_response()))
+}
+
+fn tokio_stream_wrapper<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn watch_error(e: StoreError) -> Bytes {
+    let err = match e {
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::Expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
+        StoreError::FutureRevision { requested, current } => {
+            ApiError::TooLargeResourceVersion { requested, current }
+        }
+        other => ApiError::Internal(other.to_string()),
+    };
+    watch_event("ERROR", &err.status())
+}
+
+/// The watch events one store event means for a watcher with `selectors`:
+/// an object that starts or stops matching is ADDED or DELETED for it.
+fn translate(
+    def: &ResourceDef,
+    selectors: &Selectors,
+    event: &skiff_store::Event,
+) -> ApiResult<Vec<Bytes>> {
+    let current = match &event.current {
+        Some(kv) => Some(present_kv(def, kv)?),
+        None => None,
+    };
+    let prev = match &event.prev {
+        Some(kv) => Some(present(def, &kv.value, event.revision)?),
+        None => None,
+    };
+    let now = current.as_ref().is_some_and(|o| selectors.matches(o));
+    let before = prev.as_ref().is_some_and(|o| selectors.matches(o));
+    let out = match (event.kind, &current, &prev) {
+        (EventKind::Create, Some(obj), _) if now => Some(watch_event("ADDED", obj)),
+        (EventKind::Update, Some(obj), _) if now && before => Some(watch_event("MODIFIED", obj)),
+        (EventKind::Update, Some(obj), _) if now => Some(watch_event("ADDED", obj)),
+        (EventKind::Update, Some(obj), _) if before => Some(watch_event("DELETED", obj)),
+        (EventKind::Delete, _, Some(obj)) if before => Some(watch_event("DELETED", obj)),
+        _ => None,
+    };
+    Ok(out.into_iter().collect())
+}
+
+/// Creates the system namespaces that are missing.
+pub async fn ensure_system_namespaces(state: &AppState) -> ApiResult<()> {
+    let def = namespaces_def();
+    for ns in SYSTEM_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match create(state, def, None, obj, false).await {
+            Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_tampering() {
+        let prefix = "/registry/core/pods/";
+        let token = encode_continue(prefix, 42, "/registry/core/pods/ns/b");
+        assert_eq!(
+            decode_continue(prefix, &token).ok(),
+            Some((42, "/registry/core/pods/ns/b".into()))
+        );
+        let bad: Vec<(&str, String)> = vec![
+            ("not base64", "!!!".into()),
+            (
+                "not json",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x"),
+            ),
+            (
+                "path traversal",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(r#"{"v":"meta.k8s.io/v1","rv":3,"start":"../secrets/x\u0000"}"#),
+            ),
+            (
+                "zero revision",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(r#"{"v":"meta.k8s.io/v1","rv":0,"start":"a\u0000"}"#),
+            ),
+        ];
+        for (name, token) in bad {
+            assert!(decode_continue(prefix, &token).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn generated_names_keep_the_base_and_add_five_characters() {
+        let name = generate_name("web-");
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        assert!(
+            validation::validate_name(crate::resources::NameRule::Subdomain, &name, "n").is_empty()
+        );
+    }
+
+    #[test]
+    fn timestamps_have_second_precision_in_utc() {
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), "2024-01-01T00:00:00Z".len(), "{ts}");
+        assert!(ts.ends_with('Z'), "{ts}");
+    }
+}

@@ -1,0 +1,536 @@
+//! End to end: the real `/usr/bin/kubectl` (v1.32) against the API server on
+//! the embedded store, asserting what a user sees.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use support::{KUBECTL, TestServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+  namespace: demo
+  labels:
+    app: web
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+        env:
+        - name: MODE
+          value: prod
+      - name: sidecar
+        image: busybox:1.36
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_resources_lists_every_kind_with_short_names_scope_and_verbs() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let out = server.ok(&["api-resources", "-o", "wide"]).await?;
+    for resource in skiff_apiserver::resources::RESOURCES {
+        let line = out
+            .lines()
+            .find(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.first() == Some(&resource.plural)
+                    && cols.contains(&resource.api_version().as_str())
+            })
+            .with_context(|| {
+                format!(
+                    "{} {} missing in:\n{out}",
+                    resource.api_version(),
+                    resource.plural
+                )
+            })?;
+        for short in resource.short_names {
+            ensure!(
+                line.split_whitespace()
+                    .any(|c| c.split(',').any(|s| s == *short)),
+                "{short} missing: {line}"
+            );
+        }
+        ensure!(line.contains(resource.kind), "{line}");
+        ensure!(
+            line.contains(if resource.namespaced { "true" } else { "false" }),
+            "{line}"
+        );
+        ensure!(
+            line.contains("create,delete,deletecollection,get,list,patch,update,watch"),
+            "{line}"
+        );
+    }
+    // Short names resolve through discovery.
+    let out = server.ok(&["get", "ns", "-o", "name"]).await?;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure!(
+            out.contains(&format!("namespace/{ns}")),
+            "{ns} missing: {out}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_multi_document_yaml_then_get_label_annotate_patch_and_delete() -> anyhow::Result<()>
+{
+    let server = TestServer::start().await?;
+    let out = server.ok(&["create", "namespace", "demo"]).await?;
+    ensure!(out.contains("namespace/demo created"), "{out}");
+
+    let file = server.write("app.yaml", MANIFEST)?;
+    let file = file.to_str().context("utf-8 path")?;
+    let out = server
+        .ok(&["apply", "--validate=false", "-f", file])
+        .await?;
+    ensure!(out.contains("configmap/app-config created"), "{out}");
+    ensure!(out.contains("deployment.apps/web created"), "{out}");
+
+    // get -o json: server fields are set.
+    let cm = server
+        .json(&["get", "configmap", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(cm["data"]["greeting"] == "hello", "{cm}");
+    ensure!(
+        cm["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36),
+        "{cm}"
+    );
+    ensure!(
+        cm["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|rv| rv.parse::<i64>().is_ok()),
+        "{cm}"
+    );
+    ensure!(
+        cm["metadata"]["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{cm}"
+    );
+    ensure!(
+        cm["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string(),
+        "{cm}"
+    );
+
+    // get -o yaml and the default table.
+    let yaml = server
+        .ok(&["get", "deploy", "web", "-n", "demo", "-o", "yaml"])
+        .await?;
+    ensure!(
+        yaml.contains("kind: Deployment") && yaml.contains("image: nginx:1.27"),
+        "{yaml}"
+    );
+    let table = server.ok(&["get", "deployments", "-n", "demo"]).await?;
+    ensure!(table.contains("web"), "{table}");
+
+    // Re-applying unchanged is a no-op; applying a change patches.
+    let out = server
+        .ok(&["apply", "--validate=false", "-f", file])
+        .await?;
+    ensure!(out.contains("configmap/app-config unchanged"), "{out}");
+    let changed = MANIFEST.replace("greeting: hello", "greeting: bonjour");
+    let file2 = server.write("app2.yaml", &changed)?;
+    let out = server
+        .ok(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            file2.to_str().context("utf-8")?,
+        ])
+        .await?;
+    ensure!(out.contains("configmap/app-config configured"), "{out}");
+    let cm = server
+        .json(&["get", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(cm["data"]["greeting"] == "bonjour", "{cm}");
+
+    // label and annotate.
+    server
+        .ok(&["label", "cm", "app-config", "-n", "demo", "tier=front"])
+        .await?;
+    server
+        .ok(&["annotate", "cm", "app-config", "-n", "demo", "owner=team-a"])
+        .await?;
+    let cm = server
+        .json(&["get", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(
+        cm["metadata"]["labels"]["tier"] == "front" && cm["metadata"]["labels"]["app"] == "web",
+        "{cm}"
+    );
+    ensure!(cm["metadata"]["annotations"]["owner"] == "team-a", "{cm}");
+    server
+        .ok(&["label", "cm", "app-config", "-n", "demo", "tier-"])
+        .await?;
+    let cm = server
+        .json(&["get", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(cm["metadata"]["labels"].get("tier").is_none(), "{cm}");
+
+    // Label selectors through kubectl.
+    let out = server
+        .ok(&[
+            "get",
+            "cm,deploy",
+            "-n",
+            "demo",
+            "-l",
+            "app=web",
+            "-o",
+            "name",
+        ])
+        .await?;
+    ensure!(
+        out.contains("configmap/app-config") && out.contains("deployment.apps/web"),
+        "{out}"
+    );
+    let out = server
+        .ok(&[
+            "get",
+            "cm",
+            "-n",
+            "demo",
+            "-l",
+            "app notin (web)",
+            "-o",
+            "name",
+        ])
+        .await?;
+    ensure!(!out.contains("app-config"), "{out}");
+
+    // patch: merge, json, strategic.
+    server
+        .ok(&[
+            "patch",
+            "cm",
+            "app-config",
+            "-n",
+            "demo",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"extra":"1"}}"#,
+        ])
+        .await?;
+    server
+        .ok(&[
+            "patch",
+            "cm",
+            "app-config",
+            "-n",
+            "demo",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/greeting"}]"#,
+        ])
+        .await?;
+    let cm = server
+        .json(&["get", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(cm["data"] == serde_json::json!({"extra": "1"}), "{cm}");
+
+    let before = server.json(&["get", "deploy", "web", "-n", "demo"]).await?;
+    server
+        .ok(&[
+            "patch", "deploy", "web", "-n", "demo", "--type", "strategic", "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"nginx:1.28"}]}}}}"#,
+        ])
+        .await?;
+    let dep = server.json(&["get", "deploy", "web", "-n", "demo"]).await?;
+    let containers = &dep["spec"]["template"]["spec"]["containers"];
+    ensure!(containers[0]["image"] == "nginx:1.28", "{dep}");
+    ensure!(
+        containers[0]["env"][0]["name"] == "MODE",
+        "strategic merge kept env: {dep}"
+    );
+    ensure!(
+        containers[1]["name"] == "sidecar",
+        "strategic merge kept the sidecar: {dep}"
+    );
+    let generation = |o: &serde_json::Value| o["metadata"]["generation"].as_i64();
+    ensure!(
+        generation(&dep) == generation(&before).map(|g| g + 1),
+        "spec change bumps generation: {dep}"
+    );
+
+    // delete, then it is gone with Kubernetes' message.
+    let out = server
+        .ok(&["delete", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(out.contains(r#"configmap "app-config" deleted"#), "{out}");
+    let err = server
+        .fails(&["get", "cm", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(
+        err.contains(r#"Error from server (NotFound): configmaps "app-config" not found"#),
+        "{err}"
+    );
+    let out = server.ok(&["delete", "-f", file]).await;
+    // The configmap is already gone, so kubectl reports it and fails.
+    ensure!(out.is_err(), "{out:?}");
+    let err = server
+        .fails(&["get", "deploy", "web", "-n", "demo"])
+        .await?;
+    ensure!(err.contains(r#"deployments.apps "web" not found"#), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_update_is_rejected_with_conflict() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server
+        .ok(&["create", "configmap", "c", "--from-literal=k=1"])
+        .await?;
+    let stale = server.ok(&["get", "cm", "c", "-o", "json"]).await?;
+    server
+        .ok(&[
+            "patch",
+            "cm",
+            "c",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"k":"2"}}"#,
+        ])
+        .await?;
+    let stale = stale.replace(r#""k": "1""#, r#""k": "3""#);
+    let file = server.write("stale.json", &stale)?;
+    // kubectl validates -f input against /openapi, which is not served yet.
+    let err = server
+        .fails(&[
+            "replace",
+            "--validate=false",
+            "-f",
+            file.to_str().context("utf-8")?,
+        ])
+        .await?;
+    ensure!(
+        err.contains(r#"Operation cannot be fulfilled on configmaps "c": the object has been modified; please apply your changes to the latest version and try again"#),
+        "{err}"
+    );
+    let cm = server.json(&["get", "cm", "c"]).await?;
+    ensure!(
+        cm["data"]["k"] == "2",
+        "rejected update stored nothing: {cm}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_names_and_missing_namespaces_are_rejected() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let err = server.fails(&["create", "configmap", "Bad_Name"]).await?;
+    ensure!(
+        err.contains(r#"ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain"#),
+        "{err}"
+    );
+    let err = server
+        .fails(&["create", "configmap", "c", "-n", "nowhere"])
+        .await?;
+    ensure!(err.contains(r#"namespaces "nowhere" not found"#), "{err}");
+    let err = server.fails(&["create", "namespace", "a.b"]).await?;
+    ensure!(
+        err.contains("is invalid") && err.contains("RFC 1123 label"),
+        "{err}"
+    );
+    let err = server
+        .fails(&["delete", "namespace", "kube-system"])
+        .await?;
+    ensure!(
+        err.contains("forbidden: this namespace may not be deleted"),
+        "{err}"
+    );
+    let out = server.ok(&["get", "cm", "-A", "-o", "name"]).await?;
+    ensure!(out.trim().is_empty(), "nothing was stored: {out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_receives_events_for_new_objects() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["create", "configmap", "before"]).await?;
+    let mut child = tokio::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    // A header, then the existing object.
+    let mut initial = Vec::new();
+    while initial.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .with_context(|| format!("no initial watch lines, saw {initial:?}"))??
+            .context("watch ended")?;
+        initial.push(line);
+    }
+    ensure!(
+        initial[0].starts_with("EVENT") && initial[0].contains("NAME"),
+        "{initial:?}"
+    );
+    ensure!(
+        initial[1].starts_with("ADDED") && initial[1].contains("before"),
+        "{initial:?}"
+    );
+    server.ok(&["create", "configmap", "during"]).await?;
+    server.ok(&["delete", "configmap", "before"]).await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .with_context(|| format!("watch events missing, saw {seen:?}"))??
+            .context("watch ended")?;
+        seen.push(line);
+    }
+    ensure!(
+        seen[0].starts_with("ADDED") && seen[0].contains("during"),
+        "{seen:?}"
+    );
+    ensure!(
+        seen[1].starts_with("DELETED") && seen[1].contains("before"),
+        "{seen:?}"
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_list_pages_through_every_object() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    for i in 0..5 {
+        server
+            .ok(&["create", "configmap", &format!("cm-{i}")])
+            .await?;
+    }
+    let out = server
+        .kubectl(&["get", "cm", "--chunk-size=2", "-o", "name", "-v=6"])
+        .await?;
+    let stdout = String::from_utf8(out.stdout)?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.success(), "{stderr}");
+    let names: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        names
+            == [
+                "configmap/cm-0",
+                "configmap/cm-1",
+                "configmap/cm-2",
+                "configmap/cm-3",
+                "configmap/cm-4"
+            ],
+        "{names:?}"
+    );
+    let pages = stderr.lines().filter(|l| l.contains("limit=2")).count();
+    ensure!(pages == 3, "expected 3 pages of 2, saw {pages}:\n{stderr}");
+    ensure!(stderr.contains("continue="), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_client_certificate_need_the_token() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let admin = std::fs::read_to_string(&server.kubeconfig)?;
+    // Same cluster and CA, no client certificate. (Without any credential
+    // kubectl prompts for a password instead of asking the server, so the
+    // plain 401 is covered by the router tests.)
+    let anonymous: String = admin
+        .lines()
+        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+        .map(|l| if l.trim() == "user:" { "  user: {}" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let anon = server.write("anonymous.kubeconfig", &anonymous)?;
+    let out = server
+        .kubectl_with(&anon, &["--token", "wrong", "get", "namespaces"])
+        .await?;
+    let err = String::from_utf8(out.stderr)?;
+    ensure!(!out.status.success(), "a wrong token was accepted");
+    ensure!(err.contains("You must be logged in to the server"), "{err}");
+    let out = server
+        .kubectl_with(
+            &anon,
+            &["--token", &server.token, "get", "namespaces", "-o", "name"],
+        )
+        .await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8(out.stdout)?.contains("namespace/default"));
+
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_certificates_and_objects() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    // `kubectl create configmap|secret` send protobuf bodies.
+    server
+        .ok(&["create", "configmap", "kept", "--from-literal=a=b"])
+        .await?;
+    server
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "--from-literal=p=hunter2",
+        ])
+        .await?;
+    let kubeconfig_before = std::fs::read_to_string(&server.kubeconfig)?;
+    let dir = server.stop().await?;
+    let server = TestServer::start_in(dir).await?;
+    let kubeconfig_after = std::fs::read_to_string(&server.kubeconfig)?;
+    let ca = |k: &str| {
+        k.lines()
+            .find(|l| l.contains("certificate-authority-data"))
+            .map(str::to_string)
+    };
+    ensure!(
+        ca(&kubeconfig_before) == ca(&kubeconfig_after),
+        "CA changed on restart"
+    );
+    let cm = server.json(&["get", "cm", "kept"]).await?;
+    ensure!(cm["data"]["a"] == "b", "{cm}");
+    let secret = server.json(&["get", "secret", "pw"]).await?;
+    ensure!(
+        secret["data"]["p"] == "aHVudGVyMg==" && secret["type"] == "Opaque",
+        "{secret}"
+    );
+    Ok(())
+}
