@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane (and, later, a local node).
+    /// Run the control plane: the API server on the cluster store (the
+    /// scheduler, controllers and a local node agent join in later issues).
     Server(ServerArgs),
     /// Run benchmarks and print their figures.
     #[command(subcommand)]
@@ -59,6 +60,21 @@ pub struct ServerArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub datastore: DatastoreArgs,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// HTTPS port of the API server.
+    #[arg(long, default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Extra subject alternative names for the serving certificate.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// Shared secret that agents (and anyone holding it) use as a bearer token.
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+    /// Also write the admin kubeconfig to this path.
+    #[arg(long)]
+    pub write_kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,7 +153,50 @@ async fn server(args: ServerArgs) -> Result<()> {
         revision = store.current_revision().await?,
         "datastore ready"
     );
-    anyhow::bail!("the API server is not built yet (issue 3); only the datastore opened")
+    let server = skiff_apiserver::Server::bind(
+        skiff_apiserver::ServerConfig {
+            data_dir: args.data_dir.clone(),
+            bind_address: args.bind_address,
+            https_listen_port: args.https_listen_port,
+            tls_sans: args.tls_san,
+            token: args.token,
+            write_kubeconfig: args.write_kubeconfig,
+        },
+        store,
+    )
+    .await
+    .context("starting the API server")?;
+    tracing::info!(
+        address = %server.local_addr()?,
+        kubeconfig = %server.kubeconfig_path().display(),
+        "API server listening"
+    );
+    server.serve(shutdown_signal()).await;
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }
 
 async fn bench_store(args: BenchStoreArgs) -> Result<()> {

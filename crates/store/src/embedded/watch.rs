@@ -1,12 +1,13 @@
-//! One task per watch: replay the log from disk until caught up, then follow
-//! the committer's broadcast; fall back to the log whenever the broadcast
+//! A watch replays the log from disk until caught up, then follows the
+//! committer's broadcast; it falls back to the log whenever the broadcast
 //! overflows for this watcher.
 
 use std::sync::Arc;
 
 use redb::ReadableDatabase;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use std::collections::VecDeque;
+
+use tokio::sync::broadcast;
 
 use super::codec;
 use super::{LOG, META, META_COMPACTED, Shared};
@@ -15,78 +16,94 @@ use crate::types::{Event, Revision, WatchStream};
 
 /// Events read from disk per step of a catch-up.
 const CATCH_UP_BATCH: usize = 1024;
-/// Events buffered between the watch task and the stream's consumer.
-const STREAM_BUFFER: usize = 256;
 
+/// The watch as a stream polled directly by its consumer: no task and no
+/// extra channel between the committer's broadcast and the reader, so a
+/// live event costs one hop.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     prefix: String,
     after: Revision,
     live: broadcast::Receiver<Arc<Event>>,
 ) -> WatchStream {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(async move {
-        if let Err(e) = run(shared, &prefix, after, live, &tx).await {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
+    let state = State {
+        shared,
+        prefix,
+        covered: after,
+        live,
+        pending: VecDeque::new(),
+        catching_up: true,
+        failed: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        let item = st.next().await?;
+        Some((item, st))
+    }))
 }
 
-/// Ends with `Ok` when the consumer went away; with `Err` for the consumer.
-async fn run(
+struct State {
     shared: Arc<Shared>,
-    prefix: &str,
-    after: Revision,
-    mut live: broadcast::Receiver<Arc<Event>>,
-    tx: &mpsc::Sender<Result<Event>>,
-) -> Result<()> {
-    // Every revision up to `covered` was delivered or did not match.
-    let mut covered = after;
-    loop {
-        // Catch up from the log.
-        loop {
-            let shared2 = shared.clone();
-            let prefix2 = prefix.to_string();
-            let (events, scanned_to, done) =
-                tokio::task::spawn_blocking(move || read_log(&shared2, &prefix2, covered))
-                    .await
-                    .map_err(|_| Error::Closed)??;
-            for event in events {
-                if tx.send(Ok(event)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            covered = scanned_to;
-            if done {
-                break;
-            }
+    prefix: String,
+    /// Every revision up to here was delivered or did not match.
+    covered: Revision,
+    live: broadcast::Receiver<Arc<Event>>,
+    /// Events read from the log, not yet delivered.
+    pending: VecDeque<Event>,
+    /// Replaying the log (at the start, and after the broadcast overflowed).
+    catching_up: bool,
+    /// An error was delivered: the stream ends.
+    failed: bool,
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Result<Event>> {
+        if self.failed {
+            return None;
         }
-        // Follow the broadcast.
         loop {
-            let received = tokio::select! {
-                _ = tx.closed() => return Ok(()),
-                r = live.recv() => r,
-            };
-            match received {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.catching_up {
+                let shared = self.shared.clone();
+                let prefix = self.prefix.clone();
+                let covered = self.covered;
+                let read = tokio::task::spawn_blocking(move || read_log(&shared, &prefix, covered))
+                    .await
+                    .map_err(|_| Error::Closed)
+                    .and_then(|r| r);
+                match read {
+                    Ok((events, scanned_to, done)) => {
+                        self.pending.extend(events);
+                        self.covered = scanned_to;
+                        self.catching_up = !done;
+                    }
+                    Err(e) => return Some(self.fail(e)),
+                }
+                continue;
+            }
+            match self.live.recv().await {
                 Ok(event) => {
-                    if event.revision <= covered {
+                    if event.revision <= self.covered {
                         continue;
                     }
-                    covered = event.revision;
-                    if event.key.starts_with(prefix)
-                        && tx.send(Ok(Event::clone(&event))).await.is_err()
-                    {
-                        return Ok(());
+                    self.covered = event.revision;
+                    if event.key.starts_with(&self.prefix) {
+                        return Some(Ok(Event::clone(&event)));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, prefix, "watcher lagged; replaying from the log");
-                    break;
+                    tracing::debug!(missed, prefix = %self.prefix, "watcher lagged; replaying from the log");
+                    self.catching_up = true;
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(Error::Closed),
+                Err(broadcast::error::RecvError::Closed) => return Some(self.fail(Error::Closed)),
             }
         }
+    }
+
+    fn fail(&mut self, e: Error) -> Result<Event> {
+        self.failed = true;
+        Err(e)
     }
 }
 
