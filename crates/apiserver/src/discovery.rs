@@ -117,13 +117,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         }
         list.push(r);
         for sub in d.subresources {
-            list.push(json!({
+            let (group, version, kind) = sub.response_kind(d);
+            let mut r = json!({
                 "name": format!("{}/{}", d.plural, sub.name()),
                 "singularName": "",
                 "namespaced": d.namespaced,
-                "kind": d.kind,
+                "kind": kind,
                 "verbs": sub.verbs(),
-            }));
+            });
+            if (group, version) != (d.group, d.version) {
+                r["group"] = json!(group);
+                r["version"] = json!(version);
+            }
+            list.push(r);
         }
     }
     let group_version = if group.is_empty() {
@@ -158,9 +164,10 @@ fn aggregated_resource(d: &ResourceDef) -> Value {
             d.subresources
                 .iter()
                 .map(|s| {
+                    let (group, version, kind) = s.response_kind(d);
                     json!({
                         "subresource": s.name(),
-                        "responseKind": {"group": d.group, "version": d.version, "kind": d.kind},
+                        "responseKind": {"group": group, "version": version, "kind": kind},
                         "verbs": s.verbs(),
                     })
                 })

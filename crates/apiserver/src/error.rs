@@ -122,6 +122,10 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
 
+    /// 406: no offered media type is acceptable to the client.
+    #[error("{0}")]
+    NotAcceptable(String),
+
     #[error("Request entity too large: limit is {limit}")]
     RequestEntityTooLarge { limit: usize },
 
@@ -174,6 +178,7 @@ impl ApiError {
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::RequestEntityTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -192,6 +197,7 @@ impl ApiError {
             ApiError::Expired(_) => "Expired",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::NotAcceptable(_) => "NotAcceptable",
             ApiError::RequestEntityTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::TooLargeResourceVersion { .. } => "Timeout",

@@ -1,10 +1,12 @@
 //! The skiff API server: the Kubernetes REST API over the cluster store, so
 //! that real `kubectl` and client libraries work unchanged.
 //!
-//! It serves discovery, a generic registry for every resource in
-//! [`resources::RESOURCES`] (objects handled as JSON), watches, HTTPS with
-//! the cluster's own PKI, and authentication by client certificate or bearer
-//! token. Start it with [`run`] (or [`Server::bind`] then [`Server::serve`]);
+//! It serves discovery, OpenAPI v2/v3 ([`openapi`]), a generic registry for
+//! every resource in [`resources::RESOURCES`] (objects handled as JSON) with
+//! `fieldValidation` ([`fieldvalidation`]), server-side tables
+//! ([`output`]), the `scale` subresource ([`scale`]), watches, `/metrics`
+//! ([`metrics`]), HTTPS with the cluster's own PKI, and authentication by
+//! client certificate or bearer token. Start it with [`run`] (or [`Server::bind`] then [`Server::serve`]);
 //! tests can call [`app`] directly with `tower::ServiceExt::oneshot`.
 //!
 //! Invariants:
@@ -19,11 +21,16 @@
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod fieldvalidation;
+pub mod metrics;
+pub mod openapi;
+pub mod output;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
+pub mod scale;
 pub mod selector;
 pub mod serve;
 pub mod validation;
@@ -104,6 +111,7 @@ struct StateInner {
     store: Arc<dyn Store>,
     token: Option<String>,
     server_address: String,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -114,12 +122,17 @@ impl AppState {
                 store,
                 token,
                 server_address,
+                metrics: Arc::default(),
             }),
         }
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.inner.metrics
     }
 
     pub(crate) fn token(&self) -> Option<&str> {
@@ -139,6 +152,23 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
+        .route(
+            "/openapi/v2",
+            get(|req: Request| async move { openapi::v2(req.headers()) }),
+        )
+        .route(
+            "/openapi/v3",
+            get(|req: Request| async move { openapi::v3_root(req.headers()) }),
+        )
+        .route(
+            "/openapi/v3/{*path}",
+            get(
+                |axum::extract::Path(path): axum::extract::Path<String>, req: Request| async move {
+                    openapi::v3_path(&path, req.uri(), req.headers())
+                },
+            ),
+        )
+        .route("/metrics", get(metrics_text))
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
         .route("/api/{*rest}", any(api_path))
@@ -149,6 +179,17 @@ pub fn app(state: AppState) -> Router {
             auth::authenticate,
         ))
         .with_state(state)
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn health() -> &'static str {
@@ -255,11 +296,44 @@ async fn resource_request(
         Err(e) => return ApiError::BadRequest(e.body_text()).into_response(),
     };
     let method = req.method().clone();
+    let labels = metrics::RequestLabels {
+        verb: metrics_verb(&method, &target, &params),
+        group: target.def.group,
+        version: target.def.version,
+        resource: target.def.plural,
+        subresource: target.subresource.map(|s| s.name()).unwrap_or_default(),
+    };
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let body: Body = body;
-    match registry::handle(state, &method, target, params, &parts.headers, body).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+    let response =
+        match registry::handle(state, &method, target, params, &parts.headers, body).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+    state
+        .metrics()
+        .observe(labels, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Kubernetes' verb label: the HTTP method, with reads split into GET,
+/// LIST and WATCH and collection deletes as DELETECOLLECTION.
+fn metrics_verb(
+    method: &Method,
+    target: &registry::Target,
+    params: &registry::Params,
+) -> &'static str {
+    match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if params.is_watch() => "WATCH",
+        ("GET", false) => "LIST",
+        ("GET", true) => "GET",
+        ("POST", _) => "POST",
+        ("PUT", _) => "PUT",
+        ("PATCH", _) => "PATCH",
+        ("DELETE", false) => "DELETECOLLECTION",
+        ("DELETE", true) => "DELETE",
+        _ => "OTHER",
     }
 }
 
@@ -333,6 +407,11 @@ impl Server {
         };
         let advertised = SocketAddr::new(host, local.port());
         let state = AppState::new(store, config.token.clone(), advertised.to_string());
+        // Generating the OpenAPI documents takes a moment: do it before
+        // the first client asks.
+        tokio::task::spawn_blocking(|| {
+            openapi::documents();
+        });
         registry::ensure_system_namespaces(&state)
             .await
             .map_err(ServerError::Bootstrap)?;

@@ -16,8 +16,11 @@ use skiff_store::{Error as StoreError, EventKind, KeyValue, ListOptions, PutOpti
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, FieldError, GroupResource};
+use crate::fieldvalidation::{self, Decoding, FieldValidation};
+use crate::output::{self, Output, WatchEncoder};
 use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceDef, Subresource};
+use crate::scale;
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::validation;
 
@@ -61,10 +64,12 @@ pub struct Params {
     pub resource_version_match: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub dry_run: Option<String>,
+    pub field_validation: Option<String>,
+    pub include_object: Option<String>,
 }
 
 impl Params {
-    fn is_watch(&self) -> bool {
+    pub(crate) fn is_watch(&self) -> bool {
         matches!(self.watch.as_deref(), Some("1" | "true" | "True"))
     }
 
@@ -109,29 +114,51 @@ pub async fn handle(
         subresource,
     } = target;
     let ns = namespace.as_deref();
+    if subresource == Some(Subresource::Scale) {
+        let name = name.ok_or(ApiError::MethodNotAllowed)?;
+        return scale_request(state, def, ns, &name, method, &params, headers, body).await;
+    }
     match (method.as_str(), name) {
-        ("GET", None) if params.is_watch() => watch(state, def, ns, &params).await,
-        ("GET", None) => Ok(ok(list(state, def, ns, &params).await?)),
-        ("GET", Some(name)) => Ok(ok(get(state, def, ns, &name).await?)),
+        ("GET", None) if params.is_watch() => {
+            let out = Output::negotiate(headers, params.include_object.as_deref())?;
+            watch(state, def, ns, &params, out).await
+        }
+        ("GET", None) => {
+            let out = Output::negotiate(headers, params.include_object.as_deref())?;
+            Ok(ok(output::list(
+                def,
+                out,
+                list(state, def, ns, &params).await?,
+            )))
+        }
+        ("GET", Some(name)) => {
+            let out = Output::negotiate(headers, params.include_object.as_deref())?;
+            Ok(ok(output::object(
+                def,
+                out,
+                get(state, def, ns, &name).await?,
+            )))
+        }
         ("POST", None) if ns.is_some() || !def.namespaced => {
+            let validation = FieldValidation::parse(params.field_validation.as_deref())?;
             let body = read_body(headers, body).await?;
-            let obj = decode_object(def, headers, &body)?;
+            let mut obj = decode_object(def, headers, &body)?;
+            let warnings = fieldvalidation::check(def, &mut obj, validation, Decoding::Body)?;
             let created = create(state, def, ns, obj, params.dry_run()?).await?;
-            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+            let mut response = crate::json_response(StatusCode::CREATED, &created);
+            fieldvalidation::add_warnings(&mut response, &warnings);
+            Ok(response)
         }
         ("PUT", Some(name)) => {
+            let validation = FieldValidation::parse(params.field_validation.as_deref())?;
             let body = read_body(headers, body).await?;
-            let obj = decode_object(def, headers, &body)?;
-            Ok(ok(update(
-                state,
-                def,
-                ns,
-                &name,
-                subresource,
-                obj,
-                params.dry_run()?,
-            )
-            .await?))
+            let mut obj = decode_object(def, headers, &body)?;
+            let warnings = fieldvalidation::check(def, &mut obj, validation, Decoding::Body)?;
+            let updated =
+                update(state, def, ns, &name, subresource, obj, params.dry_run()?).await?;
+            let mut response = ok(updated);
+            fieldvalidation::add_warnings(&mut response, &warnings);
+            Ok(response)
         }
         ("PATCH", Some(name)) => {
             let content_type = headers
@@ -143,18 +170,25 @@ pub async fn handle(
                     "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type:?}"
                 )));
             };
+            let validation = FieldValidation::parse(params.field_validation.as_deref())?;
             let body = read_body(headers, body).await?;
-            Ok(ok(patch(
+            let (patched, warnings) = patch(
                 state,
                 def,
                 ns,
                 &name,
                 subresource,
-                ty,
-                &body,
-                params.dry_run()?,
+                PatchRequest {
+                    ty,
+                    body: &body,
+                    validation,
+                    dry_run: params.dry_run()?,
+                },
             )
-            .await?))
+            .await?;
+            let mut response = ok(patched);
+            fieldvalidation::add_warnings(&mut response, &warnings);
+            Ok(response)
         }
         ("DELETE", Some(name)) if subresource.is_none() => {
             let body = read_body(headers, body).await?;
@@ -170,6 +204,118 @@ pub async fn handle(
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// `<resource>/<name>/scale`: get, update and patch of an `autoscaling/v1`
+/// Scale; writes change only the object's `spec.replicas`.
+#[allow(clippy::too_many_arguments)]
+async fn scale_request(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let key = key_of(def, ns, name);
+    match method.as_str() {
+        "GET" => Ok(ok(scale::to_scale(def, &get(state, def, ns, name).await?))),
+        "PUT" => {
+            let body = read_body(headers, body).await?;
+            let requested: Value = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
+            })?;
+            scale::check_type_meta(&requested)?;
+            if meta(&requested, "name").is_some_and(|n| n != name) {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    meta(&requested, "name").unwrap_or_default()
+                )));
+            }
+            let precondition = match meta(&requested, "resourceVersion").filter(|rv| !rv.is_empty())
+            {
+                Some(rv) => Some(parse_resource_version(def, name, &rv)?),
+                None => None,
+            };
+            let replicas = scale::requested_replicas(name, &requested)?;
+            let dry_run = params.dry_run()?;
+            loop {
+                let current = state
+                    .store()
+                    .get(&key)
+                    .await?
+                    .ok_or_else(|| not_found(def, name))?;
+                if precondition.is_some_and(|rv| rv != current.mod_revision) {
+                    return Err(conflict(def, name, MODIFIED));
+                }
+                match write_replicas(state, def, &current, replicas, dry_run).await? {
+                    Write::Done(v) => return Ok(ok(scale::to_scale(def, &v))),
+                    Write::Retry if precondition.is_some() => {
+                        return Err(conflict(def, name, MODIFIED));
+                    }
+                    Write::Retry => continue,
+                }
+            }
+        }
+        "PATCH" => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let Some(ty) = PatchType::from_content_type(content_type) else {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type:?}"
+                )));
+            };
+            let body = read_body(headers, body).await?;
+            let dry_run = params.dry_run()?;
+            loop {
+                let current = state
+                    .store()
+                    .get(&key)
+                    .await?
+                    .ok_or_else(|| not_found(def, name))?;
+                let old = present_kv(def, &current)?;
+                let patched = patch::apply(ty, &scale::to_scale(def, &old), &body)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                scale::check_type_meta(&patched)?;
+                let rv = meta(&patched, "resourceVersion").filter(|rv| !rv.is_empty());
+                if let Some(rv) = rv
+                    && rv != current.mod_revision.to_string()
+                {
+                    parse_resource_version(def, name, &rv)?;
+                    return Err(conflict(def, name, MODIFIED));
+                }
+                let replicas = scale::requested_replicas(name, &patched)?;
+                match write_replicas(state, def, &current, replicas, dry_run).await? {
+                    Write::Done(v) => return Ok(ok(scale::to_scale(def, &v))),
+                    Write::Retry => continue,
+                }
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// Sets `spec.replicas` of the stored object `current`.
+async fn write_replicas(
+    state: &AppState,
+    def: &ResourceDef,
+    current: &KeyValue,
+    replicas: i64,
+    dry_run: bool,
+) -> ApiResult<Write> {
+    let old = present_kv(def, current)?;
+    let mut new = old.clone();
+    if let Some(map) = new.as_object_mut() {
+        let spec = map.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("replicas".into(), json!(replicas));
+        }
+    }
+    commit_update(state, def, current, &old, new, None, dry_run).await
 }
 
 fn ok(v: Value) -> Response {
@@ -515,6 +661,16 @@ pub(crate) fn namespaces_def() -> &'static ResourceDef {
 fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
     match (def.group, def.plural) {
         ("", "namespaces") => default_namespace(obj),
+        ("", "pods") => {
+            // Kubernetes' pod strategy resets status on create.
+            let qos = qos_class(obj);
+            if let Some(map) = obj.as_object_mut() {
+                map.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "qosClass": qos}),
+                );
+            }
+        }
         ("", "secrets") => {
             if let Some(map) = obj.as_object_mut()
                 && map
@@ -526,6 +682,39 @@ fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A pod's QoS class from its containers' requests and limits (cpu and
+/// memory), as `qos.GetPodQOS` computes it.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let quantity = |c: &Value, kind: &str, res: &str| {
+        c.pointer(&format!("/resources/{kind}/{res}"))
+            .filter(|v| !v.is_null())
+            .map(|v| v.to_string())
+    };
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        for res in ["cpu", "memory"] {
+            let request = quantity(c, "requests", res);
+            let limit = quantity(c, "limits", res);
+            any |= request.is_some() || limit.is_some();
+            // A missing request defaults to the limit.
+            if limit.is_none() || request.is_some_and(|r| Some(r) != limit) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -600,7 +789,7 @@ async fn commit_update(
             }
             merged
         }
-        None => {
+        Some(Subresource::Scale) | None => {
             if let (true, Some(m)) = (
                 def.has_subresource(Subresource::Status),
                 new.as_object_mut(),
@@ -740,17 +929,30 @@ pub async fn update(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A patch and how to apply it.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchRequest<'a> {
+    pub ty: PatchType,
+    pub body: &'a [u8],
+    pub validation: FieldValidation,
+    pub dry_run: bool,
+}
+
+/// Patches an object; returns it with the unknown-field warnings.
 pub async fn patch(
     state: &AppState,
     def: &ResourceDef,
     ns: Option<&str>,
     name: &str,
     sub: Option<Subresource>,
-    ty: PatchType,
-    body: &[u8],
-    dry_run: bool,
-) -> ApiResult<Value> {
+    req: PatchRequest<'_>,
+) -> ApiResult<(Value, Vec<String>)> {
+    let PatchRequest {
+        ty,
+        body,
+        validation,
+        dry_run,
+    } = req;
     let key = key_of(def, ns, name);
     loop {
         let current = state
@@ -759,7 +961,7 @@ pub async fn patch(
             .await?
             .ok_or_else(|| not_found(def, name))?;
         let old = present_kv(def, &current)?;
-        let patched = patch::apply(ty, &old, body).map_err(|e| match e {
+        let mut patched = patch::apply(ty, &old, body).map_err(|e| match e {
             patch::PatchError::Apply(_) => invalid(
                 def,
                 name,
@@ -776,6 +978,7 @@ pub async fn patch(
                 "the patched object is not a JSON object".into(),
             ));
         }
+        let warnings = fieldvalidation::check(def, &mut patched, validation, Decoding::Patch)?;
         // A resourceVersion in the patch is a precondition.
         let patched_rv = meta(&patched, "resourceVersion");
         let has_precondition =
@@ -791,7 +994,7 @@ pub async fn patch(
             }
         }
         match commit_update(state, def, &current, &old, patched, sub, dry_run).await? {
-            Write::Done(v) => return Ok(v),
+            Write::Done(v) => return Ok((v, warnings)),
             Write::Retry => continue,
         }
     }
@@ -1125,11 +1328,8 @@ pub async fn list(
     }))
 }
 
-fn watch_event(kind: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
-}
+/// One watch event before encoding: its type and object.
+type WatchEvent = (&'static str, Value);
 
 /// A watch: ADDED for the current state first when no (or `"0"`)
 /// resourceVersion is given, then every change, as JSON lines.
@@ -1138,6 +1338,7 @@ async fn watch(
     def: &'static ResourceDef,
     ns: Option<&str>,
     params: &Params,
+    output: Output,
 ) -> ApiResult<Response> {
     let selectors = params.selectors(def)?;
     let prefix = def.key_prefix(ns);
@@ -1154,7 +1355,7 @@ async fn watch(
             for kv in &page.items {
                 let obj = present_kv(def, kv)?;
                 if selectors.matches(&obj) {
-                    initial.push(watch_event("ADDED", &obj));
+                    initial.push(("ADDED", obj));
                 }
             }
             page.revision
@@ -1168,18 +1369,23 @@ async fn watch(
     // Opening the store watch before answering lets a compacted revision
     // still be reported inside a 200 stream, as Kubernetes does.
     let opened = store.watch(&prefix, start).await;
+    let watching = state
+        .metrics()
+        .watch_started(def.group, def.version, def.plural);
     tokio::spawn(async move {
+        let _watching = watching;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        for event in initial {
-            if tx.send(Ok(event)).await.is_err() {
+        let mut encoder = WatchEncoder::new(def, output);
+        for (kind, obj) in initial {
+            if tx.send(Ok(encoder.encode(kind, obj))).await.is_err() {
                 return;
             }
         }
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(Ok(watch_error(e))).await;
+                let _ = tx.send(Ok(encoder.encode("ERROR", watch_error(e)))).await;
                 return;
             }
         };
@@ -1192,7 +1398,7 @@ async fn watch(
             let event = match next {
                 None => return,
                 Some(Err(e)) => {
-                    let _ = tx.send(Ok(watch_error(e))).await;
+                    let _ = tx.send(Ok(encoder.encode("ERROR", watch_error(e)))).await;
                     return;
                 }
                 Some(Ok(ev)) => ev,
@@ -1200,12 +1406,12 @@ async fn watch(
             let lines = match translate(def, &selectors, &event) {
                 Ok(lines) => lines,
                 Err(e) => {
-                    let _ = tx.send(Ok(watch_event("ERROR", &e.status()))).await;
+                    let _ = tx.send(Ok(encoder.encode("ERROR", e.status()))).await;
                     return;
                 }
             };
-            for line in lines {
-                if tx.send(Ok(line)).await.is_err() {
+            for (kind, obj) in lines {
+                if tx.send(Ok(encoder.encode(kind, obj))).await.is_err() {
                     return;
                 }
             }
@@ -1226,7 +1432,7 @@ fn tokio_stream_wrapper<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn watch_error(e: StoreError) -> Bytes {
+fn watch_error(e: StoreError) -> Value {
     let err = match e {
         StoreError::Compacted {
             requested,
@@ -1239,7 +1445,7 @@ fn watch_error(e: StoreError) -> Bytes {
         }
         other => ApiError::Internal(other.to_string()),
     };
-    watch_event("ERROR", &err.status())
+    err.status()
 }
 
 /// The watch events one store event means for a watcher with `selectors`:
@@ -1248,7 +1454,7 @@ fn translate(
     def: &ResourceDef,
     selectors: &Selectors,
     event: &skiff_store::Event,
-) -> ApiResult<Vec<Bytes>> {
+) -> ApiResult<Vec<WatchEvent>> {
     let current = match &event.current {
         Some(kv) => Some(present_kv(def, kv)?),
         None => None,
@@ -1259,12 +1465,12 @@ fn translate(
     };
     let now = current.as_ref().is_some_and(|o| selectors.matches(o));
     let before = prev.as_ref().is_some_and(|o| selectors.matches(o));
-    let out = match (event.kind, &current, &prev) {
-        (EventKind::Create, Some(obj), _) if now => Some(watch_event("ADDED", obj)),
-        (EventKind::Update, Some(obj), _) if now && before => Some(watch_event("MODIFIED", obj)),
-        (EventKind::Update, Some(obj), _) if now => Some(watch_event("ADDED", obj)),
-        (EventKind::Update, Some(obj), _) if before => Some(watch_event("DELETED", obj)),
-        (EventKind::Delete, _, Some(obj)) if before => Some(watch_event("DELETED", obj)),
+    let out = match (event.kind, current, prev) {
+        (EventKind::Create, Some(obj), _) if now => Some(("ADDED", obj)),
+        (EventKind::Update, Some(obj), _) if now && before => Some(("MODIFIED", obj)),
+        (EventKind::Update, Some(obj), _) if now => Some(("ADDED", obj)),
+        (EventKind::Update, Some(obj), _) if before => Some(("DELETED", obj)),
+        (EventKind::Delete, _, Some(obj)) if before => Some(("DELETED", obj)),
         _ => None,
     };
     Ok(out.into_iter().collect())
@@ -1325,6 +1531,47 @@ mod tests {
         assert!(
             validation::validate_name(crate::resources::NameRule::Subdomain, &name, "n").is_empty()
         );
+    }
+
+    #[test]
+    fn pods_get_their_qos_class() {
+        let pod = |resources: &[Value]| json!({"spec": {"containers": resources.iter().map(|r| json!({"name": "c", "resources": r})).collect::<Vec<_>>()}});
+        let full = json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+        let cases = [
+            ("no resources", pod(&[json!({})]), "BestEffort"),
+            (
+                "limits only",
+                pod(std::slice::from_ref(&full)),
+                "Guaranteed",
+            ),
+            (
+                "requests equal limits",
+                pod(&[
+                    json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}),
+                ]),
+                "Guaranteed",
+            ),
+            (
+                "requests below limits",
+                pod(&[
+                    json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}),
+                ]),
+                "Burstable",
+            ),
+            (
+                "one container without",
+                pod(&[full, json!({})]),
+                "Burstable",
+            ),
+            (
+                "cpu request only",
+                pod(&[json!({"requests": {"cpu": "1"}})]),
+                "Burstable",
+            ),
+        ];
+        for (name, pod, want) in cases {
+            assert_eq!(qos_class(&pod), want, "{name}");
+        }
     }
 
     #[test]

@@ -22,24 +22,37 @@ pub enum NameRule {
 pub enum Subresource {
     /// `<resource>/status`: get, update and patch of `.status` only.
     Status,
+    /// `<resource>/scale`: an `autoscaling/v1` Scale view of
+    /// `spec.replicas`.
+    Scale,
 }
 
 impl Subresource {
     pub fn name(self) -> &'static str {
         match self {
             Subresource::Status => "status",
+            Subresource::Scale => "scale",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Subresource::Status => &["get", "patch", "update"],
+            Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
+        }
+    }
+
+    /// The (group, version, kind) the subresource answers with.
+    pub fn response_kind(self, def: &ResourceDef) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Subresource::Status => (def.group, def.version, def.kind),
+            Subresource::Scale => ("autoscaling", "v1", "Scale"),
         }
     }
 
     pub fn parse(s: &str) -> Option<Subresource> {
         match s {
             "status" => Some(Subresource::Status),
+            "scale" => Some(Subresource::Scale),
             _ => None,
         }
     }
@@ -120,6 +133,7 @@ impl ResourceDef {
 }
 
 const STATUS: &[Subresource] = &[Subresource::Status];
+const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
 const NONE: &[Subresource] = &[];
 const ALL: &[&str] = &["all"];
 
@@ -242,7 +256,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         &["rc"],
         ALL,
         true,
-        STATUS,
+        STATUS_SCALE,
     ),
     def(
         "",
@@ -307,7 +321,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         &["deploy"],
         ALL,
         true,
-        STATUS,
+        STATUS_SCALE,
     ),
     def(
         "apps",
@@ -317,7 +331,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         &["rs"],
         ALL,
         true,
-        STATUS,
+        STATUS_SCALE,
     ),
     def(
         "apps",
@@ -327,7 +341,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         &["sts"],
         ALL,
         true,
-        STATUS,
+        STATUS_SCALE,
     ),
     // batch/v1
     def(

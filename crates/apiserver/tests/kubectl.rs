@@ -106,9 +106,7 @@ async fn apply_multi_document_yaml_then_get_label_annotate_patch_and_delete() ->
 
     let file = server.write("app.yaml", MANIFEST)?;
     let file = file.to_str().context("utf-8 path")?;
-    let out = server
-        .ok(&["apply", "--validate=false", "-f", file])
-        .await?;
+    let out = server.ok(&["apply", "-f", file]).await?;
     ensure!(out.contains("configmap/app-config created"), "{out}");
     ensure!(out.contains("deployment.apps/web created"), "{out}");
 
@@ -153,19 +151,12 @@ async fn apply_multi_document_yaml_then_get_label_annotate_patch_and_delete() ->
     ensure!(table.contains("web"), "{table}");
 
     // Re-applying unchanged is a no-op; applying a change patches.
-    let out = server
-        .ok(&["apply", "--validate=false", "-f", file])
-        .await?;
+    let out = server.ok(&["apply", "-f", file]).await?;
     ensure!(out.contains("configmap/app-config unchanged"), "{out}");
     let changed = MANIFEST.replace("greeting: hello", "greeting: bonjour");
     let file2 = server.write("app2.yaml", &changed)?;
     let out = server
-        .ok(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            file2.to_str().context("utf-8")?,
-        ])
+        .ok(&["apply", "-f", file2.to_str().context("utf-8")?])
         .await?;
     ensure!(out.contains("configmap/app-config configured"), "{out}");
     let cm = server
@@ -325,14 +316,8 @@ async fn stale_update_is_rejected_with_conflict() -> anyhow::Result<()> {
         .await?;
     let stale = stale.replace(r#""k": "1""#, r#""k": "3""#);
     let file = server.write("stale.json", &stale)?;
-    // kubectl validates -f input against /openapi, which is not served yet.
     let err = server
-        .fails(&[
-            "replace",
-            "--validate=false",
-            "-f",
-            file.to_str().context("utf-8")?,
-        ])
+        .fails(&["replace", "-f", file.to_str().context("utf-8")?])
         .await?;
     ensure!(
         err.contains(r#"Operation cannot be fulfilled on configmaps "c": the object has been modified; please apply your changes to the latest version and try again"#),
@@ -532,5 +517,326 @@ async fn restart_keeps_certificates_and_objects() -> anyhow::Result<()> {
         secret["data"]["p"] == "aHVudGVyMg==" && secret["type"] == "Opaque",
         "{secret}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_the_served_openapi_schemas() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let out = server.ok(&["explain", "pod.spec.containers"]).await?;
+    ensure!(out.contains("KIND:       Pod"), "{out}");
+    ensure!(out.contains("FIELD: containers <[]Container>"), "{out}");
+    ensure!(out.contains("imagePullPolicy\t<string>"), "{out}");
+    let out = server
+        .ok(&["explain", "deployment.spec", "--recursive"])
+        .await?;
+    ensure!(
+        out.contains("GROUP:      apps") && out.contains("FIELD: spec <DeploymentSpec>"),
+        "{out}"
+    );
+    ensure!(
+        out.contains("selector\t<LabelSelector> -required-"),
+        "{out}"
+    );
+    ensure!(
+        out.lines().any(|l| l.trim() == "readinessProbe\t<Probe>"),
+        "recursive output reaches into the pod template: {out}"
+    );
+    let err = server.fails(&["explain", "pod.spec.nosuchfield"]).await?;
+    ensure!(err.contains("nosuchfield"), "{err}");
+    Ok(())
+}
+
+const TYPO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: typo
+spec:
+  selector:
+    matchLabels: {app: typo}
+  template:
+    metadata:
+      labels: {app: typo}
+    spec:
+      containers:
+      - name: app
+        image: nginx
+        imagePullPolcy: Always
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_rejected_strictly_warned_about_or_ignored_and_never_stored()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let file = server.write("typo.yaml", TYPO)?;
+    let file = file.to_str().context("utf-8")?;
+    // kubectl's default --validate=strict leaves the check to the server.
+    let err = server.fails(&["apply", "-f", file]).await?;
+    ensure!(
+        err.contains(r#"Error from server (BadRequest): error when creating"#)
+            && err.contains(r#"Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: unknown field "spec.template.spec.containers[0].imagePullPolcy""#),
+        "{err}"
+    );
+    server.fails(&["get", "deploy", "typo"]).await?;
+
+    let out = server
+        .kubectl(&["apply", "--validate=warn", "-f", file])
+        .await?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.success(), "{stderr}");
+    ensure!(
+        stderr.contains(
+            r#"Warning: unknown field "spec.template.spec.containers[0].imagePullPolcy""#
+        ),
+        "{stderr}"
+    );
+    let dep = server.json(&["get", "deploy", "typo"]).await?;
+    ensure!(
+        dep["spec"]["template"]["spec"]["containers"][0]
+            == serde_json::json!({"name": "app", "image": "nginx"}),
+        "unknown field pruned: {dep}"
+    );
+
+    // kubectl patch leaves fieldValidation to the server's default, Warn.
+    let out = server
+        .kubectl(&[
+            "patch",
+            "deploy",
+            "typo",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"foo":1}}"#,
+        ])
+        .await?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.success(), "{stderr}");
+    ensure!(
+        stderr.contains(r#"Warning: unknown field "spec.foo""#),
+        "{stderr}"
+    );
+    let dep = server.json(&["get", "deploy", "typo"]).await?;
+    ensure!(dep["spec"].get("foo").is_none(), "{dep}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_prints_server_side_tables_with_kubectl_columns() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    // No node runs it: the pod object is only stored.
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+spec:
+  nodeName: node-a
+  containers:
+  - {name: app, image: nginx}
+  - {name: sidecar, image: busybox}
+"#;
+    let file = server.write("pod.yaml", pod)?;
+    server
+        .ok(&["apply", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    let out = server.ok(&["get", "pods"]).await?;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(row[..4] == ["web-0", "0/2", "Pending", "0"], "{out}");
+
+    server
+        .ok(&[
+            "patch",
+            "pod",
+            "web-0",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","podIP":"10.42.0.7"}}"#,
+        ])
+        .await?;
+    let out = server.ok(&["get", "pods", "-o", "wide"]).await?;
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header
+            == [
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE",
+                "NOMINATED",
+                "NODE",
+                "READINESS",
+                "GATES"
+            ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        row[2] == "Running" && row[5] == "10.42.0.7" && row[6] == "node-a",
+        "{out}"
+    );
+
+    // The table request is what kubectl sent, and chunked lists still page.
+    let out = server
+        .kubectl(&["get", "ns", "--chunk-size=2", "-v=8"])
+        .await?;
+    let stderr = String::from_utf8(out.stderr)?;
+    let stdout = String::from_utf8(out.stdout)?;
+    ensure!(stderr.contains("as=Table;v=v1;g=meta.k8s.io"), "{stderr}");
+    ensure!(stderr.contains("continue="), "{stderr}");
+    ensure!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("NAME") && l.contains("STATUS")),
+        "{stdout}"
+    );
+    for ns in ["default", "kube-node-lease", "kube-public", "kube-system"] {
+        ensure!(
+            stdout.lines().filter(|l| l.starts_with(ns)).count() == 1,
+            "{ns}: {stdout}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_table_rows_for_changes() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut child = tokio::process::Command::new(KUBECTL)
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args(["get", "pods", "-w", "-o", "wide"])
+        .env("HOME", server.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"w"},"spec":{"nodeName":"node-b","containers":[{"name":"c","image":"nginx"}]}}"#;
+    let file = server.write("w.json", pod)?;
+    server
+        .ok(&["create", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .with_context(|| format!("watch lines missing, saw {seen:?}"))??
+            .context("watch ended")?;
+        seen.push(line);
+    }
+    ensure!(
+        seen[0].starts_with("NAME") && seen[0].contains("NODE"),
+        "{seen:?}"
+    );
+    let cols: Vec<&str> = seen[1].split_whitespace().collect();
+    ensure!(
+        cols[..3] == ["w", "0/1", "Pending"] && cols.contains(&"node-b"),
+        "{seen:?}"
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_sets_replicas_through_the_scale_subresource() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    let file = server.write("app.yaml", MANIFEST)?;
+    server
+        .ok(&["apply", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    let before = server.json(&["get", "deploy", "web", "-n", "demo"]).await?;
+    let out = server
+        .ok(&["scale", "deployment", "web", "-n", "demo", "--replicas=3"])
+        .await?;
+    ensure!(out.contains("deployment.apps/web scaled"), "{out}");
+    let dep = server.json(&["get", "deploy", "web", "-n", "demo"]).await?;
+    ensure!(dep["spec"]["replicas"] == 3, "{dep}");
+    ensure!(
+        dep["metadata"]["generation"].as_i64()
+            == before["metadata"]["generation"].as_i64().map(|g| g + 1),
+        "{dep}"
+    );
+    // --current-replicas is a precondition kubectl checks against the Scale.
+    let err = server
+        .fails(&[
+            "scale",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "--current-replicas=2",
+            "--replicas=5",
+        ])
+        .await?;
+    ensure!(err.contains("Expected replicas to be 2, was 3"), "{err}");
+    let scale = server
+        .ok(&[
+            "get",
+            "--raw",
+            "/apis/apps/v1/namespaces/demo/deployments/web/scale",
+        ])
+        .await?;
+    let scale: serde_json::Value = serde_json::from_str(&scale)?;
+    ensure!(
+        scale["kind"] == "Scale"
+            && scale["apiVersion"] == "autoscaling/v1"
+            && scale["spec"]["replicas"] == 3
+            && scale["status"]["selector"] == "app=web",
+        "{scale}"
+    );
+    let err = server
+        .fails(&["scale", "deployment", "web", "-n", "demo", "--replicas=-1"])
+        .await?;
+    ensure!(err.contains("replicas"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_verb_and_resource() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["get", "configmaps"]).await?;
+    server.fails(&["get", "configmap", "missing"]).await?;
+    let text = server.ok(&["get", "--raw", "/metrics"]).await?;
+    let base = r#"group="",version="v1",resource="configmaps",subresource="""#;
+    for want in [
+        format!(r#"apiserver_request_total{{verb="LIST",{base},code="200"}} 1"#),
+        format!(r#"apiserver_request_total{{verb="GET",{base},code="404"}} 1"#),
+        format!(r#"apiserver_request_duration_seconds_count{{verb="LIST",{base}}} 1"#),
+        "# TYPE apiserver_longrunning_requests gauge".to_string(),
+    ] {
+        ensure!(text.contains(&want), "{want} missing in:\n{text}");
+    }
     Ok(())
 }

@@ -148,7 +148,7 @@ async fn aggregated_discovery_is_served_only_when_asked_for() -> anyhow::Result<
         status == StatusCode::OK && doc["kind"] == "APIResourceList",
         "{doc}"
     );
-    let (status, doc) = call_json(&f.app, "GET", "/openapi/v2", None).await?;
+    let (status, doc) = call_json(&f.app, "GET", "/no/such/path", None).await?;
     ensure!(
         status == StatusCode::NOT_FOUND && doc["reason"] == "NotFound",
         "{doc}"
@@ -519,5 +519,144 @@ async fn finalizers_hold_deletion_until_removed() -> anyhow::Result<()> {
         status == StatusCode::NOT_FOUND,
         "gone once the last finalizer is removed"
     );
+    Ok(())
+}
+
+/// Sends a request with the bearer token and returns the whole response.
+async fn raw(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<axum::response::Response> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(AUTH.0, AUTH.1);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Ok(app.clone().oneshot(req.body(Body::from(body))?).await?)
+}
+
+#[tokio::test]
+async fn openapi_v3_documents_are_cached_by_hash_and_v2_refuses_protobuf() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let (status, index) = call_json(&f.app, "GET", "/openapi/v3", None).await?;
+    ensure!(status == StatusCode::OK, "{index}");
+    let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .context("apps/v1 in the index")?
+        .to_string();
+    let hash = url.split("hash=").nth(1).context("hash")?.to_string();
+
+    let resp = raw(&f.app, "GET", &url, &[], vec![]).await?;
+    ensure!(resp.status() == StatusCode::OK);
+    let h = resp.headers();
+    ensure!(h[header::CACHE_CONTROL] == "public, immutable", "{h:?}");
+    ensure!(h.contains_key(header::EXPIRES), "{h:?}");
+    ensure!(h[header::ETAG] == format!("\"{hash}\"").as_str(), "{h:?}");
+    let doc: Value =
+        serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await?)?;
+    ensure!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"]
+            [0]["kind"]
+            == "Deployment"
+    );
+
+    // Without a hash: revalidated by ETag.
+    let resp = raw(&f.app, "GET", "/openapi/v3/apis/apps/v1", &[], vec![]).await?;
+    ensure!(resp.headers()[header::CACHE_CONTROL] == "no-cache, private");
+    let etag = format!("\"{hash}\"");
+    let resp = raw(
+        &f.app,
+        "GET",
+        "/openapi/v3/apis/apps/v1",
+        &[("if-none-match", &etag)],
+        vec![],
+    )
+    .await?;
+    ensure!(resp.status() == StatusCode::NOT_MODIFIED);
+    // A stale hash is redirected to the current one.
+    let resp = raw(
+        &f.app,
+        "GET",
+        "/openapi/v3/apis/apps/v1?hash=0BAD",
+        &[],
+        vec![],
+    )
+    .await?;
+    ensure!(resp.status() == StatusCode::MOVED_PERMANENTLY);
+    ensure!(resp.headers()[header::LOCATION] == url.as_str());
+    let resp = raw(&f.app, "GET", "/openapi/v3/apis/nope/v1", &[], vec![]).await?;
+    ensure!(resp.status() == StatusCode::NOT_FOUND);
+
+    // v2: JSON, or 406 for a protobuf-only Accept (client-go then falls back).
+    let pb = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let resp = raw(&f.app, "GET", "/openapi/v2", &[("accept", pb)], vec![]).await?;
+    ensure!(resp.status() == StatusCode::NOT_ACCEPTABLE);
+    let (status, v2) = call_json(&f.app, "GET", "/openapi/v2", None).await?;
+    ensure!(status == StatusCode::OK && v2["swagger"] == "2.0");
+    ensure!(v2["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+    Ok(())
+}
+
+#[tokio::test]
+async fn strict_patches_with_unknown_fields_are_rejected_and_store_nothing() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let (status, _) = call_json(
+        &f.app,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(configmap("c", json!({}))),
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED);
+    let patch = br#"{"data":{"k":"2"},"bogus":{"x":1}}"#.to_vec();
+    let merge = ("content-type", "application/merge-patch+json");
+    let uri = "/api/v1/namespaces/default/configmaps/c";
+    let (status, _, body) = call(
+        &f.app,
+        "PATCH",
+        &format!("{uri}?fieldValidation=Strict"),
+        &[AUTH, merge],
+        patch.clone(),
+    )
+    .await?;
+    let status_obj: Value = serde_json::from_slice(&body)?;
+    ensure!(status == StatusCode::BAD_REQUEST, "{status_obj}");
+    ensure!(
+        status_obj["message"]
+            == r#"strict decoding error: unknown field "bogus", unknown field "bogus.x""#
+            || status_obj["message"] == r#"strict decoding error: unknown field "bogus""#,
+        "{status_obj}"
+    );
+    let (_, cm) = call_json(&f.app, "GET", uri, None).await?;
+    ensure!(cm["data"]["k"] == "v", "{cm}");
+
+    let resp = raw(&f.app, "PATCH", uri, &[merge], patch).await?;
+    ensure!(resp.status() == StatusCode::OK);
+    let warnings: Vec<&str> = resp
+        .headers()
+        .get_all(header::WARNING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    ensure!(
+        warnings == [r#"299 - "unknown field \"bogus\"""#],
+        "{warnings:?}"
+    );
+    let (_, cm) = call_json(&f.app, "GET", uri, None).await?;
+    ensure!(cm["data"]["k"] == "2" && cm.get("bogus").is_none(), "{cm}");
+
+    let (status, body) = call_json(
+        &f.app,
+        "POST",
+        "/api/v1/namespaces/default/configmaps?fieldValidation=strict",
+        Some(configmap("d", json!({}))),
+    )
+    .await?;
+    ensure!(status == StatusCode::BAD_REQUEST, "{body}");
     Ok(())
 }

@@ -70,6 +70,9 @@ pub struct StoreFigures {
     pub list_count: usize,
     pub watch_p50: Duration,
     pub watch_p99: Duration,
+    /// From sending the write to the watcher's event (includes the commit).
+    pub write_to_event_p50: Duration,
+    pub write_to_event_p99: Duration,
 }
 
 /// Runs the benchmark and prints a table on stdout.
@@ -245,7 +248,9 @@ async fn measure(store: Arc<dyn Store>, c: &StoreBenchConfig) -> Result<StoreFig
         Ok(seen)
     });
     let mut acks = Vec::with_capacity(n);
+    let mut sent = Vec::with_capacity(n);
     for i in 0..n {
+        let started = Instant::now();
         let kv = store
             .create(
                 &format!("/bench/watch/{i:08}"),
@@ -254,6 +259,7 @@ async fn measure(store: Arc<dyn Store>, c: &StoreBenchConfig) -> Result<StoreFig
             )
             .await?;
         acks.push((kv.mod_revision, Instant::now()));
+        sent.push((kv.mod_revision, started));
         // Pace the writes a little so each is timed on its own.
         if i % 16 == 15 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -270,6 +276,15 @@ async fn measure(store: Arc<dyn Store>, c: &StoreBenchConfig) -> Result<StoreFig
     }
     let watch_p50 = watch_samples.percentile(50.0);
     let watch_p99 = watch_samples.percentile(99.0);
+    let mut end_to_end = Samples::default();
+    for (rev, started) in sent {
+        let got = seen
+            .get(&rev)
+            .context("an acknowledged write was not seen")?;
+        end_to_end.push(got.saturating_duration_since(started));
+    }
+    let write_to_event_p50 = end_to_end.percentile(50.0);
+    let write_to_event_p99 = end_to_end.percentile(99.0);
     eprintln!(
         "  {name}: watch delivery p50 {} p99 {}",
         ms(watch_p50),
@@ -285,6 +300,8 @@ async fn measure(store: Arc<dyn Store>, c: &StoreBenchConfig) -> Result<StoreFig
         list_count,
         watch_p50,
         watch_p99,
+        write_to_event_p50,
+        write_to_event_p99,
     })
 }
 
@@ -294,8 +311,10 @@ fn print_table(figures: &[StoreFigures], c: &StoreBenchConfig) {
         (format!("writes/s, {} writers (1 KiB)", c.writers), vec![]),
         (format!("point reads/s ({} readers)", c.readers), vec![]),
         (format!("list {} keys (median)", c.list_keys), vec![]),
-        ("watch delivery p50".into(), vec![]),
-        ("watch delivery p99".into(), vec![]),
+        ("watch delivery p50 (ack → event)".into(), vec![]),
+        ("watch delivery p99 (ack → event)".into(), vec![]),
+        ("write sent → event p50".into(), vec![]),
+        ("write sent → event p99".into(), vec![]),
     ];
     for f in figures {
         rows[0].1.push(format!("{:.0}", f.serial_writes_per_sec));
@@ -306,6 +325,8 @@ fn print_table(figures: &[StoreFigures], c: &StoreBenchConfig) {
         rows[3].1.push(format!("{:.1} ms", f.list_ms));
         rows[4].1.push(ms(f.watch_p50));
         rows[5].1.push(ms(f.watch_p99));
+        rows[6].1.push(ms(f.write_to_event_p50));
+        rows[7].1.push(ms(f.write_to_event_p99));
     }
     print!("| figure |");
     for f in figures {

@@ -46,6 +46,9 @@ pub struct DatastoreArgs {
     /// How often store history is compacted (seconds).
     #[arg(long, default_value_t = 300)]
     pub compaction_interval_seconds: u64,
+    /// Never compact away the newest this-many revisions.
+    #[arg(long, default_value_t = 1000)]
+    pub compaction_keep_revisions: i64,
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +148,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         store.clone(),
         CompactionConfig {
             interval: Duration::from_secs(args.datastore.compaction_interval_seconds.max(1)),
-            ..Default::default()
+            keep_revisions: args.datastore.compaction_keep_revisions.max(0),
         },
     );
     tracing::info!(
