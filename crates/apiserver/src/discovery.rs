@@ -132,6 +132,17 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             list.push(r);
         }
     }
+    if (group, version) == ("", "v1") {
+        // `bindings` is create-only and has no stored objects, so it is
+        // not in the resource table.
+        list.push(json!({
+            "name": "bindings",
+            "singularName": "binding",
+            "namespaced": true,
+            "kind": "Binding",
+            "verbs": ["create"],
+        }));
+    }
     let group_version = if group.is_empty() {
         version.to_string()
     } else {
@@ -181,9 +192,21 @@ fn aggregated_group(group: &str, versions: &[&str]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
+            let mut resources: Vec<Value> = resources::in_group_version(group, v)
+                .map(aggregated_resource)
+                .collect();
+            if (group, *v) == ("", "v1") {
+                resources.push(json!({
+                    "resource": "bindings",
+                    "responseKind": {"group": "", "version": "v1", "kind": "Binding"},
+                    "scope": "Namespaced",
+                    "singularResource": "binding",
+                    "verbs": ["create"],
+                }));
+            }
             json!({
                 "version": v,
-                "resources": resources::in_group_version(group, v).map(aggregated_resource).collect::<Vec<_>>(),
+                "resources": resources,
                 "freshness": "Current",
             })
         })
@@ -259,7 +282,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(count, resources::RESOURCES.len());
+        // Every table resource, and the create-only `bindings`.
+        assert_eq!(count, resources::RESOURCES.len() + 1);
         let apps = resource_list("apps", "v1").expect("apps/v1");
         assert!(
             apps["resources"]

@@ -108,6 +108,27 @@ pub enum ApiError {
         detail: String,
     },
 
+    /// 403 from the namespace lifecycle admission: a create in a namespace
+    /// that is being deleted.
+    #[error(
+        "{} {name:?} is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+        .resource.qualified()
+    )]
+    NamespaceTerminating {
+        resource: GroupResource,
+        name: String,
+        namespace: String,
+    },
+
+    /// 429 with reason `TooManyRequests` (an eviction that its disruption
+    /// budget does not allow); `cause` is a `DisruptionBudget` cause.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_seconds: u32,
+        cause: Option<String>,
+    },
+
     #[error("{0}")]
     BadRequest(String),
 
@@ -173,7 +194,10 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::UnknownPath => StatusCode::NOT_FOUND,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::NamespaceTerminating { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -192,7 +216,8 @@ impl ApiError {
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
-            ApiError::Forbidden { .. } => "Forbidden",
+            ApiError::Forbidden { .. } | ApiError::NamespaceTerminating { .. } => "Forbidden",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Expired(_) => "Expired",
             ApiError::Unauthorized => "Unauthorized",
@@ -240,6 +265,34 @@ impl ApiError {
                     "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
+            ApiError::NamespaceTerminating {
+                resource,
+                name,
+                namespace,
+            } => Some(json!({
+                "name": name,
+                "group": resource.group,
+                "kind": resource.resource,
+                "causes": [{
+                    "reason": "NamespaceTerminating",
+                    "message": format!("namespace {namespace} is being terminated"),
+                    "field": "metadata.namespace",
+                }],
+            })),
+            ApiError::TooManyRequests {
+                retry_after_seconds,
+                cause,
+                ..
+            } => {
+                let mut details = json!({});
+                if let Some(cause) = cause {
+                    details["causes"] = json!([{"reason": "DisruptionBudget", "message": cause}]);
+                }
+                if *retry_after_seconds > 0 {
+                    details["retryAfterSeconds"] = json!(retry_after_seconds);
+                }
+                Some(details)
+            }
             ApiError::TooLargeResourceVersion { .. } => Some(json!({
                 "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
                 "retryAfterSeconds": 1,

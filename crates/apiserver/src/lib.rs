@@ -19,14 +19,18 @@
 //!   `mod_revision`, filled in on the way out.
 
 pub mod auth;
+pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod fieldvalidation;
+pub mod listoptions;
 pub mod metrics;
+pub mod namespaces;
 pub mod openapi;
 pub mod output;
 pub mod patch;
 pub mod pki;
+pub mod pods;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
@@ -286,6 +290,9 @@ async fn resource_request(
             (false, Some(_)) => ApiError::MethodNotAllowed.into_response(),
             (_, None) => ApiError::UnknownPath.into_response(),
         };
+    }
+    if let ("", "v1", ["namespaces", ns, "bindings"]) = (group, version, parts) {
+        return pods::bindings_request(state, ns, req).await;
     }
     let target = match parse_target(group, version, parts) {
         Some(t) => t,

@@ -116,9 +116,10 @@ impl WatchEncoder {
         }
     }
 
-    /// One JSON line. `ERROR` events carry a Status and are never converted.
+    /// One JSON line. `ERROR` events carry a Status and `BOOKMARK` events
+    /// only a resourceVersion: neither is converted.
     pub fn encode(&mut self, kind: &str, object: Value) -> Bytes {
-        let object = if kind == "ERROR" {
+        let object = if kind == "ERROR" || kind == "BOOKMARK" {
             object
         } else {
             let mut obj = self::object(self.def, self.output, object);

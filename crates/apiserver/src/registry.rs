@@ -35,6 +35,10 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// `--min-request-timeout`.
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// An idle watch that asked for bookmarks gets one this often (Kubernetes
+/// sends one about every minute; clients only need them to be regular).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Namespaces that exist from the start and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -66,6 +70,12 @@ pub struct Params {
     pub dry_run: Option<String>,
     pub field_validation: Option<String>,
     pub include_object: Option<String>,
+    pub allow_watch_bookmarks: Option<bool>,
+    pub send_initial_events: Option<bool>,
+    /// `DeleteOptions` as query parameters (used when a delete has no body).
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub orphan_dependents: Option<bool>,
 }
 
 impl Params {
@@ -87,7 +97,7 @@ impl Params {
         Ok(Selectors { labels, fields })
     }
 
-    fn dry_run(&self) -> ApiResult<bool> {
+    pub(crate) fn dry_run(&self) -> ApiResult<bool> {
         match self.dry_run.as_deref() {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
@@ -117,6 +127,18 @@ pub async fn handle(
     if subresource == Some(Subresource::Scale) {
         let name = name.ok_or(ApiError::MethodNotAllowed)?;
         return scale_request(state, def, ns, &name, method, &params, headers, body).await;
+    }
+    if let (Some(sub @ (Subresource::Binding | Subresource::Eviction)), Some(name)) =
+        (subresource, name.as_deref())
+    {
+        if method != Method::POST {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let ns = ns.ok_or(ApiError::UnknownPath)?;
+        return crate::pods::subresource_create(state, sub, ns, name, &params, headers, body).await;
+    }
+    if subresource == Some(Subresource::Finalize) && method != Method::PUT {
+        return Err(ApiError::MethodNotAllowed);
     }
     match (method.as_str(), name) {
         ("GET", None) if params.is_watch() => {
@@ -192,14 +214,13 @@ pub async fn handle(
         }
         ("DELETE", Some(name)) if subresource.is_none() => {
             let body = read_body(headers, body).await?;
-            let opts = DeleteOptions::decode(&body)?;
-            Ok(ok(
-                delete(state, def, ns, &name, &opts, params.dry_run()?).await?
-            ))
+            let opts = DeleteOptions::decode(&body, &params)?;
+            let (code, out) = delete(state, def, ns, &name, &opts, params.dry_run()?).await?;
+            Ok(crate::json_response(code, &out))
         }
         ("DELETE", None) => {
             let body = read_body(headers, body).await?;
-            let opts = DeleteOptions::decode(&body)?;
+            let opts = DeleteOptions::decode(&body, &params)?;
             Ok(ok(delete_collection(state, def, ns, &params, &opts).await?))
         }
         _ => Err(ApiError::MethodNotAllowed),
@@ -318,11 +339,11 @@ async fn write_replicas(
     commit_update(state, def, current, &old, new, None, dry_run).await
 }
 
-fn ok(v: Value) -> Response {
+pub(crate) fn ok(v: Value) -> Response {
     crate::json_response(StatusCode::OK, &v)
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -412,7 +433,7 @@ fn check_type_meta(def: &ResourceDef, obj: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-fn meta(obj: &Value, field: &str) -> Option<String> {
+pub(crate) fn meta(obj: &Value, field: &str) -> Option<String> {
     obj.get("metadata")?
         .get(field)?
         .as_str()
@@ -422,7 +443,7 @@ fn meta(obj: &Value, field: &str) -> Option<String> {
 /// The `metadata` map of `obj`, created when missing. Callers pass objects
 /// (checked at decode time); anything else is replaced by an empty object
 /// rather than panicking.
-fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+pub(crate) fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.is_object() {
         *obj = Value::Object(Map::new());
     }
@@ -451,7 +472,7 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// A stored object as clients see it: `apiVersion`/`kind` set and
 /// `metadata.resourceVersion` from the key's revision.
-fn present(def: &ResourceDef, value: &[u8], revision: Revision) -> ApiResult<Value> {
+pub(crate) fn present(def: &ResourceDef, value: &[u8], revision: Revision) -> ApiResult<Value> {
     let mut obj: Value = serde_json::from_slice(value)
         .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))?;
     if !obj.is_object() {
@@ -470,12 +491,12 @@ fn present(def: &ResourceDef, value: &[u8], revision: Revision) -> ApiResult<Val
     Ok(obj)
 }
 
-fn present_kv(def: &ResourceDef, kv: &KeyValue) -> ApiResult<Value> {
+pub(crate) fn present_kv(def: &ResourceDef, kv: &KeyValue) -> ApiResult<Value> {
     present(def, &kv.value, kv.mod_revision)
 }
 
 /// The bytes stored for an object: without `resourceVersion` and `selfLink`.
-fn encode(obj: &Value) -> ApiResult<Bytes> {
+pub(crate) fn encode(obj: &Value) -> ApiResult<Bytes> {
     let mut obj = obj.clone();
     let m = meta_mut(&mut obj);
     m.remove("resourceVersion");
@@ -485,14 +506,14 @@ fn encode(obj: &Value) -> ApiResult<Bytes> {
         .map_err(|e| ApiError::Internal(format!("encoding object: {e}")))
 }
 
-fn not_found(def: &ResourceDef, name: &str) -> ApiError {
+pub(crate) fn not_found(def: &ResourceDef, name: &str) -> ApiError {
     ApiError::NotFound {
         resource: GroupResource::of(def),
         name: name.to_string(),
     }
 }
 
-fn conflict(def: &ResourceDef, name: &str, detail: &str) -> ApiError {
+pub(crate) fn conflict(def: &ResourceDef, name: &str, detail: &str) -> ApiError {
     ApiError::Conflict {
         resource: GroupResource::of(def),
         name: name.to_string(),
@@ -500,7 +521,7 @@ fn conflict(def: &ResourceDef, name: &str, detail: &str) -> ApiError {
     }
 }
 
-fn invalid(def: &ResourceDef, name: &str, causes: Vec<FieldError>) -> ApiError {
+pub(crate) fn invalid(def: &ResourceDef, name: &str, causes: Vec<FieldError>) -> ApiError {
     ApiError::Invalid {
         kind: def.kind.to_string(),
         group: def.group.to_string(),
@@ -509,12 +530,12 @@ fn invalid(def: &ResourceDef, name: &str, causes: Vec<FieldError>) -> ApiError {
     }
 }
 
-fn put_options(def: &ResourceDef) -> PutOptions {
+pub(crate) fn put_options(def: &ResourceDef) -> PutOptions {
     PutOptions { ttl: def.ttl }
 }
 
 /// The key of an object; `namespace` is ignored for cluster-scoped kinds.
-fn key_of(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
+pub(crate) fn key_of(def: &ResourceDef, namespace: Option<&str>, name: &str) -> String {
     def.key(if def.namespaced { namespace } else { None }, name)
 }
 
@@ -615,16 +636,7 @@ pub async fn create(
     }
     apply_defaults(def, &mut obj);
     if def.namespaced {
-        let ns_name = ns.unwrap_or_default();
-        let ns_def = namespaces_def();
-        if state
-            .store()
-            .get(&ns_def.key(None, ns_name))
-            .await?
-            .is_none()
-        {
-            return Err(not_found(ns_def, ns_name));
-        }
+        crate::namespaces::admit_create(state, def, ns.unwrap_or_default(), &name).await?;
     }
     let key = key_of(def, ns, &name);
     if dry_run {
@@ -789,7 +801,11 @@ async fn commit_update(
             }
             merged
         }
-        Some(Subresource::Scale) | None => {
+        Some(Subresource::Binding | Subresource::Eviction) => {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        Some(Subresource::Scale | Subresource::Finalize) | None => {
+            crate::namespaces::prepare_update(def, sub, old, &mut new);
             if let (true, Some(m)) = (
                 def.has_subresource(Subresource::Status),
                 new.as_object_mut(),
@@ -837,11 +853,7 @@ async fn commit_update(
         return Ok(Write::Done(present_kv(def, current)?));
     }
     // The last finalizer removed from an object being deleted: it goes.
-    let being_deleted = new_obj.pointer("/metadata/deletionTimestamp").is_some();
-    let finalizers_left = new_obj
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let remove = crate::deletion::should_delete_during_update(def, old, &new_obj);
     if dry_run {
         let mut out = new_obj;
         meta_mut(&mut out).insert(
@@ -850,7 +862,7 @@ async fn commit_update(
         );
         return Ok(Write::Done(out));
     }
-    if being_deleted && !finalizers_left {
+    if remove {
         return match state
             .store()
             .delete(&current.key, Some(current.mod_revision))
@@ -1000,31 +1012,9 @@ pub async fn patch(
     }
 }
 
-/// The `DeleteOptions` body of a delete, as far as it is honoured.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeleteOptions {
-    pub preconditions: Option<Preconditions>,
-}
+pub use crate::deletion::{DeleteOptions, Preconditions};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Preconditions {
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
-}
-
-impl DeleteOptions {
-    fn decode(body: &[u8]) -> ApiResult<DeleteOptions> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(DeleteOptions::default());
-        }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))
-    }
-}
-
-fn success_status(def: &ResourceDef, name: &str, uid: Option<String>) -> Value {
+pub(crate) fn success_status(def: &ResourceDef, name: &str, uid: Option<String>) -> Value {
     let mut details = json!({"name": name, "kind": def.plural});
     if !def.group.is_empty() {
         details["group"] = json!(def.group);
@@ -1042,10 +1032,13 @@ fn success_status(def: &ResourceDef, name: &str, uid: Option<String>) -> Value {
 }
 
 /// Kinds whose delete answers with the deleted object, as in Kubernetes.
-fn returns_deleted_object(def: &ResourceDef) -> bool {
+pub(crate) fn returns_deleted_object(def: &ResourceDef) -> bool {
     def.group.is_empty() && matches!(def.plural, "pods" | "services" | "namespaces")
 }
 
+/// Deletes one object: namespaces by their lifecycle ([`crate::namespaces`]),
+/// everything else as the generic registry does ([`crate::deletion`]).
+/// Returns the HTTP status and the body.
 pub async fn delete(
     state: &AppState,
     def: &ResourceDef,
@@ -1053,114 +1046,12 @@ pub async fn delete(
     name: &str,
     opts: &DeleteOptions,
     dry_run: bool,
-) -> ApiResult<Value> {
-    let is_namespace = def.group.is_empty() && def.plural == "namespaces";
-    if is_namespace && SYSTEM_NAMESPACES.contains(&name) {
-        return Err(ApiError::Forbidden {
-            resource: GroupResource::of(def),
-            name: name.to_string(),
-            detail: "this namespace may not be deleted".into(),
-        });
+) -> ApiResult<(StatusCode, Value)> {
+    if def.group.is_empty() && def.plural == "namespaces" {
+        crate::namespaces::delete(state, def, name, opts, dry_run).await
+    } else {
+        crate::deletion::delete(state, def, ns, name, opts, dry_run).await
     }
-    let key = key_of(def, ns, name);
-    loop {
-        let current = state
-            .store()
-            .get(&key)
-            .await?
-            .ok_or_else(|| not_found(def, name))?;
-        let obj = present_kv(def, &current)?;
-        if let Some(pre) = &opts.preconditions {
-            let uid = meta(&obj, "uid").unwrap_or_default();
-            if let Some(want) = pre.uid.as_deref().filter(|u| *u != uid) {
-                return Err(conflict(
-                    def,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
-                    ),
-                ));
-            }
-            let rv = current.mod_revision.to_string();
-            if let Some(want) = pre.resource_version.as_deref().filter(|r| *r != rv) {
-                return Err(conflict(
-                    def,
-                    name,
-                    &format!(
-                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
-                    ),
-                ));
-            }
-        }
-        let has_finalizers = obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        if has_finalizers {
-            // Marked, not removed, until the finalizers are gone.
-            if obj.pointer("/metadata/deletionTimestamp").is_some() || dry_run {
-                return Ok(obj);
-            }
-            let mut marked = obj.clone();
-            let m = meta_mut(&mut marked);
-            m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
-            m.insert("deletionGracePeriodSeconds".into(), json!(0));
-            match state
-                .store()
-                .update(
-                    &key,
-                    encode(&marked)?,
-                    current.mod_revision,
-                    put_options(def),
-                )
-                .await
-            {
-                Ok(kv) => return present_kv(def, &kv),
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if dry_run {
-            return Ok(if returns_deleted_object(def) {
-                obj
-            } else {
-                success_status(def, name, meta(&obj, "uid"))
-            });
-        }
-        if is_namespace {
-            delete_namespace_contents(state, name).await?;
-        }
-        match state.store().delete(&key, Some(current.mod_revision)).await {
-            Ok(deleted) => {
-                return Ok(if returns_deleted_object(def) {
-                    present(def, &deleted.prev.value, deleted.revision)?
-                } else {
-                    success_status(def, name, meta(&obj, "uid"))
-                });
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound { .. }) => return Err(not_found(def, name)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Removes every object in namespace `ns`. Kubernetes does this in the
-/// namespace controller while the namespace is `Terminating`; until skiff
-/// has that controller the API server does it before removing the
-/// namespace. Finalizers of the contents are not waited for.
-async fn delete_namespace_contents(state: &AppState, ns: &str) -> ApiResult<()> {
-    for def in resources::RESOURCES.iter().filter(|d| d.namespaced) {
-        let prefix = def.key_prefix(Some(ns));
-        let page = state.store().list(&prefix, ListOptions::default()).await?;
-        for kv in page.items {
-            match state.store().delete(&kv.key, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
 }
 
 async fn delete_collection(
@@ -1184,9 +1075,18 @@ async fn delete_collection(
         }
         let name = meta(&obj, "name").unwrap_or_default();
         let obj_ns = meta(&obj, "namespace");
+        if def.group.is_empty()
+            && def.plural == "namespaces"
+            && SYSTEM_NAMESPACES.contains(&name.as_str())
+        {
+            continue;
+        }
         match delete(state, def, obj_ns.as_deref(), &name, opts, dry_run).await {
             Ok(_) => deleted.push(obj),
             Err(ApiError::NotFound { .. }) => {}
+            // Objects changed since the list are skipped, as Kubernetes'
+            // DeleteCollection does for failed preconditions.
+            Err(ApiError::Conflict { .. }) if opts.preconditions.is_some() => {}
             Err(e) => return Err(e),
         }
     }
@@ -1245,6 +1145,7 @@ pub async fn list(
     ns: Option<&str>,
     params: &Params,
 ) -> ApiResult<Value> {
+    crate::listoptions::validate(params)?;
     let selectors = params.selectors(def)?;
     let prefix = def.key_prefix(ns);
     let limit = params.limit.filter(|l| *l > 0).map(|l| l as usize);
@@ -1316,6 +1217,25 @@ pub async fn list(
         }
     }
     let revision = revision.unwrap_or(0);
+    // NotOlderThan (the default for a non-zero resourceVersion): the
+    // snapshot read must not be older than the one asked for.
+    if !from_continue
+        && params.resource_version_match.as_deref() != Some("Exact")
+        && let Some(requested) = params
+            .resource_version
+            .as_deref()
+            .filter(|rv| !rv.is_empty() && *rv != "0")
+    {
+        let requested = requested
+            .parse::<Revision>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {requested}")))?;
+        if requested > revision {
+            return Err(ApiError::TooLargeResourceVersion {
+                requested,
+                current: revision,
+            });
+        }
+    }
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(last) = next {
         metadata["continue"] = json!(encode_continue(&prefix, revision, &last));
@@ -1340,6 +1260,7 @@ async fn watch(
     params: &Params,
     output: Output,
 ) -> ApiResult<Response> {
+    crate::listoptions::validate(params)?;
     let selectors = params.selectors(def)?;
     let prefix = def.key_prefix(ns);
     let timeout = params
@@ -1349,9 +1270,20 @@ async fn watch(
     let store = state.store().clone();
 
     let mut initial = Vec::new();
-    let start = match params.resource_version.as_deref() {
-        None | Some("" | "0") => {
+    let mut end_bookmark = false;
+    let start = match crate::listoptions::watch_start(params)? {
+        crate::listoptions::WatchStart::Replay {
+            end_bookmark: end,
+            not_older_than,
+        } => {
+            end_bookmark = end;
             let page = store.list(&prefix, ListOptions::default()).await?;
+            if let Some(requested) = not_older_than.filter(|rv| *rv > page.revision) {
+                return Err(ApiError::TooLargeResourceVersion {
+                    requested,
+                    current: page.revision,
+                });
+            }
             for kv in &page.items {
                 let obj = present_kv(def, kv)?;
                 if selectors.matches(&obj) {
@@ -1360,9 +1292,21 @@ async fn watch(
             }
             page.revision
         }
-        Some(rv) => rv
-            .parse::<Revision>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?,
+        crate::listoptions::WatchStart::Now => store.current_revision().await?,
+        crate::listoptions::WatchStart::After(rv) => rv,
+    };
+    let bookmarks = params.allow_watch_bookmarks == Some(true);
+    let bookmark = move |rv: Revision, end: bool| {
+        let mut obj = json!({
+            "kind": def.kind,
+            "apiVersion": def.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+        });
+        if end {
+            obj["metadata"]["annotations"] =
+                json!({crate::listoptions::INITIAL_EVENTS_END: "true"});
+        }
+        obj
     };
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
@@ -1382,6 +1326,21 @@ async fn watch(
                 return;
             }
         }
+        if end_bookmark
+            && tx
+                .send(Ok(encoder.encode("BOOKMARK", bookmark(start, true))))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        // Every change up to `seen` has been delivered (or filtered out).
+        let mut seen = start;
+        let mut sent_since_tick = false;
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+            BOOKMARK_INTERVAL,
+        );
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -1393,6 +1352,18 @@ async fn watch(
             let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                _ = ticks.tick(), if bookmarks => {
+                    if !sent_since_tick
+                        && tx
+                            .send(Ok(encoder.encode("BOOKMARK", bookmark(seen, false))))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                    sent_since_tick = false;
+                    continue;
+                }
                 next = stream.next() => next,
             };
             let event = match next {
@@ -1403,6 +1374,7 @@ async fn watch(
                 }
                 Some(Ok(ev)) => ev,
             };
+            seen = seen.max(event.revision);
             let lines = match translate(def, &selectors, &event) {
                 Ok(lines) => lines,
                 Err(e) => {
@@ -1411,6 +1383,7 @@ async fn watch(
                 }
             };
             for (kind, obj) in lines {
+                sent_since_tick = true;
                 if tx.send(Ok(encoder.encode(kind, obj))).await.is_err() {
                     return;
                 }

@@ -25,6 +25,13 @@ pub enum Subresource {
     /// `<resource>/scale`: an `autoscaling/v1` Scale view of
     /// `spec.replicas`.
     Scale,
+    /// `pods/binding`: create a `Binding` to assign the pod to a node.
+    Binding,
+    /// `pods/eviction`: create a `policy/v1` `Eviction` to delete the pod
+    /// within its disruption budget.
+    Eviction,
+    /// `namespaces/finalize`: update of `spec.finalizers` only.
+    Finalize,
 }
 
 impl Subresource {
@@ -32,12 +39,17 @@ impl Subresource {
         match self {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+            Subresource::Eviction => "eviction",
+            Subresource::Finalize => "finalize",
         }
     }
 
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
+            Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Finalize => &["update"],
         }
     }
 
@@ -46,6 +58,9 @@ impl Subresource {
         match self {
             Subresource::Status => (def.group, def.version, def.kind),
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
+            Subresource::Binding => ("", "v1", "Binding"),
+            Subresource::Eviction => ("policy", "v1", "Eviction"),
+            Subresource::Finalize => (def.group, def.version, def.kind),
         }
     }
 
@@ -53,6 +68,9 @@ impl Subresource {
         match s {
             "status" => Some(Subresource::Status),
             "scale" => Some(Subresource::Scale),
+            "binding" => Some(Subresource::Binding),
+            "eviction" => Some(Subresource::Eviction),
+            "finalize" => Some(Subresource::Finalize),
             _ => None,
         }
     }
@@ -134,6 +152,12 @@ impl ResourceDef {
 
 const STATUS: &[Subresource] = &[Subresource::Status];
 const STATUS_SCALE: &[Subresource] = &[Subresource::Status, Subresource::Scale];
+const NAMESPACE_SUBRESOURCES: &[Subresource] = &[Subresource::Status, Subresource::Finalize];
+const POD_SUBRESOURCES: &[Subresource] = &[
+    Subresource::Status,
+    Subresource::Binding,
+    Subresource::Eviction,
+];
 const NONE: &[Subresource] = &[];
 const ALL: &[&str] = &["all"];
 
@@ -222,7 +246,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             &["ns"],
             &[],
             false,
-            STATUS,
+            NAMESPACE_SUBRESOURCES,
         ),
         NameRule::Label,
     ),
@@ -247,7 +271,16 @@ pub static RESOURCES: &[ResourceDef] = &[
         false,
         STATUS,
     ),
-    def("", "Pod", "pods", "pod", &["po"], ALL, true, STATUS),
+    def(
+        "",
+        "Pod",
+        "pods",
+        "pod",
+        &["po"],
+        ALL,
+        true,
+        POD_SUBRESOURCES,
+    ),
     def(
         "",
         "ReplicationController",

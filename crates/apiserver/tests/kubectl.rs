@@ -840,3 +840,191 @@ async fn metrics_count_requests_by_verb_and_resource() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+const NODE_AND_PODS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: default
+  labels: {app: web}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: nginx}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: default
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {app: web}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_evicts_pods_through_the_eviction_subresource_within_the_budget() -> anyhow::Result<()>
+{
+    let server = TestServer::start().await?;
+    let file = server.write("drain.yaml", NODE_AND_PODS)?;
+    server
+        .ok(&["apply", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    // A running, ready pod whose budget allows no disruption.
+    server
+        .ok(&[
+            "patch",
+            "pod",
+            "web-1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ])
+        .await?;
+    server
+        .ok(&[
+            "patch", "pdb", "web", "--subresource=status", "--type=merge", "-p",
+            r#"{"status":{"observedGeneration":1,"disruptionsAllowed":0,"currentHealthy":1,"desiredHealthy":1,"expectedPods":1}}"#,
+        ])
+        .await?;
+    let err = server
+        .fails(&["drain", "n1", "--force", "--grace-period=0", "--timeout=3s"])
+        .await?;
+    ensure!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    let node = server.json(&["get", "node", "n1"]).await?;
+    ensure!(node["spec"]["unschedulable"] == true, "cordoned: {node}");
+
+    // Room in the budget: drain evicts and the pod is gone.
+    server
+        .ok(&[
+            "patch",
+            "pdb",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"disruptionsAllowed":1}}"#,
+        ])
+        .await?;
+    let out = server
+        .ok(&[
+            "drain",
+            "n1",
+            "--force",
+            "--grace-period=0",
+            "--timeout=20s",
+        ])
+        .await?;
+    ensure!(
+        out.contains("pod/web-1 evicted") && out.contains("node/n1 drained"),
+        "{out}"
+    );
+    let err = server.fails(&["get", "pod", "web-1"]).await?;
+    ensure!(err.contains(r#"pods "web-1" not found"#), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_namespace_marks_it_terminating_until_finalized() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    server
+        .ok(&[
+            "create",
+            "configmap",
+            "kept",
+            "-n",
+            "demo",
+            "--from-literal=k=v",
+        ])
+        .await?;
+    let out = server
+        .ok(&["delete", "namespace", "demo", "--wait=false"])
+        .await?;
+    ensure!(out.contains(r#"namespace "demo" deleted"#), "{out}");
+    let phase = server
+        .ok(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"])
+        .await?;
+    ensure!(phase == "Terminating", "{phase}");
+    server.ok(&["get", "cm", "kept", "-n", "demo"]).await?;
+    let err = server
+        .fails(&["create", "configmap", "new", "-n", "demo"])
+        .await?;
+    ensure!(
+        err.contains(
+            "unable to create new content in namespace demo because it is being terminated"
+        ),
+        "{err}"
+    );
+    // What the namespace controller does once the contents are gone.
+    let finalize = server.write(
+        "finalize.json",
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"demo"},"spec":{"finalizers":[]}}"#,
+    )?;
+    server
+        .ok(&[
+            "replace",
+            "--raw",
+            "/api/v1/namespaces/demo/finalize",
+            "-f",
+            finalize.to_str().context("utf-8")?,
+        ])
+        .await?;
+    let err = server.fails(&["get", "ns", "demo"]).await?;
+    ensure!(err.contains(r#"namespaces "demo" not found"#), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_pod_is_graceful_unless_forced_and_cascade_orphan_adds_the_finalizer()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let file = server.write("drain.yaml", NODE_AND_PODS)?;
+    server
+        .ok(&["apply", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    server
+        .ok(&["delete", "pod", "web-1", "--wait=false"])
+        .await?;
+    let pod = server.json(&["get", "pod", "web-1"]).await?;
+    ensure!(
+        pod["metadata"]["deletionGracePeriodSeconds"] == 30
+            && pod["metadata"]["deletionTimestamp"].is_string(),
+        "{pod}"
+    );
+    let out = server
+        .ok(&["delete", "pod", "web-1", "--force", "--grace-period=0"])
+        .await?;
+    ensure!(out.contains(r#"pod "web-1" force deleted"#), "{out}");
+    let err = server.fails(&["get", "pod", "web-1"]).await?;
+    ensure!(err.contains("not found"), "{err}");
+
+    server
+        .ok(&["create", "configmap", "c", "--from-literal=k=v"])
+        .await?;
+    server
+        .ok(&[
+            "delete",
+            "configmap",
+            "c",
+            "--cascade=orphan",
+            "--wait=false",
+        ])
+        .await?;
+    let cm = server.json(&["get", "cm", "c"]).await?;
+    ensure!(
+        cm["metadata"]["finalizers"] == serde_json::json!(["orphan"]),
+        "{cm}"
+    );
+    Ok(())
+}

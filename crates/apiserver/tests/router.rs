@@ -660,3 +660,623 @@ async fn strict_patches_with_unknown_fields_are_rejected_and_store_nothing() -> 
     ensure!(status == StatusCode::BAD_REQUEST, "{body}");
     Ok(())
 }
+
+fn pod(name: &str, node: Option<&str>, labels: Value) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    if let Some(node) = node {
+        p["spec"]["nodeName"] = json!(node);
+    }
+    p
+}
+
+/// Sets a pod's phase and Ready condition through `pods/status`.
+async fn set_running(app: &axum::Router, name: &str) -> anyhow::Result<()> {
+    let (status, body) = call(
+        app,
+        "PATCH",
+        &format!("/api/v1/namespaces/default/pods/{name}/status"),
+        &[AUTH, ("content-type", "application/merge-patch+json")],
+        br#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#
+            .to_vec(),
+    )
+    .await
+    .map(|(s, _, b)| (s, b))?;
+    ensure!(
+        status == StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn binding_assigns_a_node_once_and_marks_the_pod_scheduled() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let pods = "/api/v1/namespaces/default/pods";
+    call_json(&f.app, "POST", pods, Some(pod("p", None, json!({})))).await?;
+    let binding = |name: &str, node: &str| json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/p/binding"),
+        Some(binding("p", "n1")),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::CREATED
+            && doc
+                == json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        "{status} {doc}"
+    );
+    let (_, p) = call_json(&f.app, "GET", &format!("{pods}/p"), None).await?;
+    ensure!(p["spec"]["nodeName"] == "n1", "{p}");
+    let conditions = p["status"]["conditions"].as_array().context("conditions")?;
+    ensure!(
+        conditions.iter().any(|c| c["type"] == "PodScheduled"
+            && c["status"] == "True"
+            && c["lastTransitionTime"].is_string()),
+        "{p}"
+    );
+
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/p/binding"),
+        Some(binding("p", "n2")),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::CONFLICT
+            && doc["reason"] == "Conflict"
+            && doc["message"]
+                == r#"Operation cannot be fulfilled on pods/binding "p": pod p is already assigned to node "n1""#,
+        "{doc}"
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/p/binding"),
+        Some(binding("other", "n2")),
+    )
+    .await?;
+    ensure!(status == StatusCode::BAD_REQUEST, "{doc}");
+
+    // The `bindings` collection takes the pod's name from the body.
+    call_json(&f.app, "POST", pods, Some(pod("q", None, json!({})))).await?;
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        "/api/v1/namespaces/default/bindings",
+        Some(binding("q", "n2")),
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED, "{doc}");
+    let (_, q) = call_json(&f.app, "GET", &format!("{pods}/q"), None).await?;
+    ensure!(q["spec"]["nodeName"] == "n2", "{q}");
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        "/api/v1/namespaces/default/bindings",
+        Some(binding("missing", "n2")),
+    )
+    .await?;
+    ensure!(status == StatusCode::NOT_FOUND, "{doc}");
+
+    let (_, discovery) = call_json(&f.app, "GET", "/api/v1", None).await?;
+    let resources = discovery["resources"].as_array().context("resources")?;
+    for (name, verbs) in [
+        ("pods/binding", json!(["create"])),
+        ("pods/eviction", json!(["create"])),
+        ("bindings", json!(["create"])),
+        ("namespaces/finalize", json!(["update"])),
+        ("namespaces/status", json!(["get", "patch", "update"])),
+    ] {
+        ensure!(
+            resources
+                .iter()
+                .any(|r| r["name"] == name && r["verbs"] == verbs),
+            "{name} missing in {discovery}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn eviction_deletes_within_the_disruption_budget_and_429s_beyond_it() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let pods = "/api/v1/namespaces/default/pods";
+    for name in ["a", "b"] {
+        call_json(
+            &f.app,
+            "POST",
+            pods,
+            Some(pod(name, Some("n1"), json!({"app": "web"}))),
+        )
+        .await?;
+        set_running(&f.app, name).await?;
+    }
+    let pdbs = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}});
+    call_json(&f.app, "POST", pdbs, Some(pdb)).await?;
+    let (status, _, body) = call(
+        &f.app,
+        "PATCH",
+        &format!("{pdbs}/web/status"),
+        &[AUTH, ("content-type", "application/merge-patch+json")],
+        br#"{"status":{"observedGeneration":1,"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}"#.to_vec(),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let eviction = |name: &str, grace: Option<i64>| {
+        let mut e = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": "default"}});
+        if let Some(g) = grace {
+            e["deleteOptions"] = json!({"gracePeriodSeconds": g});
+        }
+        e
+    };
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/a/eviction"),
+        Some(eviction("a", None)),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::CREATED && doc["status"] == "Success",
+        "{doc}"
+    );
+    // Scheduled: it terminates with its grace period, marked as disrupted.
+    let (status, a) = call_json(&f.app, "GET", &format!("{pods}/a"), None).await?;
+    ensure!(
+        status == StatusCode::OK
+            && a["metadata"]["deletionGracePeriodSeconds"] == 30
+            && a["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "DisruptionTarget" && c["reason"] == "EvictionByEvictionAPI"
+                })
+            }),
+        "{a}"
+    );
+    let (_, budget) = call_json(&f.app, "GET", &format!("{pdbs}/web"), None).await?;
+    ensure!(
+        budget["status"]["disruptionsAllowed"] == 0
+            && budget["status"]["disruptedPods"]["a"].is_string(),
+        "{budget}"
+    );
+
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/b/eviction"),
+        Some(eviction("b", Some(0))),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::TOO_MANY_REQUESTS
+            && doc["reason"] == "TooManyRequests"
+            && doc["message"]
+                == "Cannot evict pod as it would violate the pod's disruption budget."
+            && doc["details"]["causes"][0]["reason"] == "DisruptionBudget",
+        "{doc}"
+    );
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/b"), None).await?;
+    ensure!(status == StatusCode::OK, "b stays");
+
+    // A budget with room again: grace 0 removes it at once.
+    call(
+        &f.app,
+        "PATCH",
+        &format!("{pdbs}/web/status"),
+        &[AUTH, ("content-type", "application/merge-patch+json")],
+        br#"{"status":{"disruptionsAllowed":1}}"#.to_vec(),
+    )
+    .await?;
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/b/eviction"),
+        Some(eviction("b", Some(0))),
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED, "{doc}");
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/b"), None).await?;
+    ensure!(status == StatusCode::NOT_FOUND, "b evicted");
+
+    // A pending pod is not guarded by the budget.
+    call_json(
+        &f.app,
+        "POST",
+        pods,
+        Some(pod("c", None, json!({"app": "web"}))),
+    )
+    .await?;
+    let (status, doc) = call_json(
+        &f.app,
+        "POST",
+        &format!("{pods}/c/eviction"),
+        Some(eviction("c", None)),
+    )
+    .await?;
+    ensure!(status == StatusCode::CREATED, "{doc}");
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/c"), None).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "unscheduled pod goes at once"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn scheduled_pods_terminate_gracefully_until_deleted_with_grace_zero() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let pods = "/api/v1/namespaces/default/pods";
+    call_json(&f.app, "POST", pods, Some(pod("u", None, json!({})))).await?;
+    let (status, doc) = call_json(&f.app, "DELETE", &format!("{pods}/u"), None).await?;
+    ensure!(status == StatusCode::OK && doc["kind"] == "Pod", "{doc}");
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/u"), None).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "unscheduled pod removed at once"
+    );
+
+    call_json(&f.app, "POST", pods, Some(pod("s", Some("n1"), json!({})))).await?;
+    let (status, doc) = call_json(&f.app, "DELETE", &format!("{pods}/s"), None).await?;
+    ensure!(
+        status == StatusCode::OK
+            && doc["metadata"]["deletionGracePeriodSeconds"] == 30
+            && doc["metadata"]["deletionTimestamp"].is_string(),
+        "{doc}"
+    );
+    // A status update by the node agent does not remove it.
+    set_running(&f.app, "s").await?;
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{pods}/s?gracePeriodSeconds=10"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && doc["metadata"]["deletionGracePeriodSeconds"] == 10,
+        "{doc}"
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{pods}/s"),
+        Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 60})),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && doc["metadata"]["deletionGracePeriodSeconds"] == 10,
+        "a longer grace does not extend: {doc}"
+    );
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/s"), None).await?;
+    ensure!(status == StatusCode::OK, "still terminating");
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{pods}/s"),
+        Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})),
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "{doc}");
+    let (status, _) = call_json(&f.app, "GET", &format!("{pods}/s"), None).await?;
+    ensure!(status == StatusCode::NOT_FOUND, "grace 0 removes it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn propagation_policies_and_preconditions_shape_deletion() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for name in ["o", "fg", "bg", "pre"] {
+        call_json(
+            &f.app,
+            "POST",
+            cms,
+            Some(configmap(name, json!({"set": "x"}))),
+        )
+        .await?;
+    }
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}/o?propagationPolicy=Orphan"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK
+            && doc["kind"] == "ConfigMap"
+            && doc["metadata"]["finalizers"] == json!(["orphan"])
+            && doc["metadata"]["deletionTimestamp"].is_string(),
+        "{doc}"
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}/fg"),
+        Some(json!({"propagationPolicy": "Foreground"})),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && doc["metadata"]["finalizers"] == json!(["foregroundDeletion"]),
+        "{doc}"
+    );
+    // Removing the garbage collector's finalizer finishes the deletion.
+    let (status, _, _) = call(
+        &f.app,
+        "PATCH",
+        &format!("{cms}/o"),
+        &[AUTH, ("content-type", "application/merge-patch+json")],
+        br#"{"metadata":{"finalizers":null}}"#.to_vec(),
+    )
+    .await?;
+    ensure!(status == StatusCode::OK);
+    let (status, _) = call_json(&f.app, "GET", &format!("{cms}/o"), None).await?;
+    ensure!(status == StatusCode::NOT_FOUND);
+
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}/bg?propagationPolicy=Background"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && doc["status"] == "Success",
+        "{doc}"
+    );
+
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}/pre?propagationPolicy=Sideways"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && doc["message"]
+                == r#"DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: Unsupported value: "Sideways": supported values: "Foreground", "Background", "Orphan", "nil""#,
+        "{doc}"
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}/pre"),
+        Some(json!({"preconditions": {"uid": "not-it"}})),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::CONFLICT
+            && doc["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Precondition failed: UID in precondition: not-it")),
+        "{doc}"
+    );
+
+    // deletecollection: the selector picks, the options apply to each.
+    call_json(
+        &f.app,
+        "POST",
+        cms,
+        Some(configmap("keep", json!({"set": "y"}))),
+    )
+    .await?;
+    let (status, doc) = call_json(
+        &f.app,
+        "DELETE",
+        &format!("{cms}?labelSelector=set%3Dx&propagationPolicy=Orphan"),
+        None,
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "{doc}");
+    let (_, pre) = call_json(&f.app, "GET", &format!("{cms}/pre"), None).await?;
+    ensure!(pre["metadata"]["finalizers"] == json!(["orphan"]), "{pre}");
+    let (_, keep) = call_json(&f.app, "GET", &format!("{cms}/keep"), None).await?;
+    ensure!(
+        keep["metadata"].get("deletionTimestamp").is_none(),
+        "{keep}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn namespace_deletion_terminates_until_finalized() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}});
+    call_json(&f.app, "POST", "/api/v1/namespaces", Some(ns)).await?;
+    let cms = "/api/v1/namespaces/demo/configmaps";
+    call_json(&f.app, "POST", cms, Some(configmap("kept", json!({})))).await?;
+
+    let (status, doc) = call_json(&f.app, "DELETE", "/api/v1/namespaces/demo", None).await?;
+    ensure!(
+        status == StatusCode::OK
+            && doc["status"]["phase"] == "Terminating"
+            && doc["metadata"]["deletionTimestamp"].is_string()
+            && doc["spec"]["finalizers"] == json!(["kubernetes"]),
+        "{doc}"
+    );
+    // The contents are the namespace controller's to delete.
+    let (status, _) = call_json(&f.app, "GET", &format!("{cms}/kept"), None).await?;
+    ensure!(status == StatusCode::OK, "contents stay");
+    let (status, doc) = call_json(&f.app, "POST", cms, Some(configmap("new", json!({})))).await?;
+    ensure!(
+        status == StatusCode::FORBIDDEN
+            && doc["message"]
+                == r#"configmaps "new" is forbidden: unable to create new content in namespace demo because it is being terminated"#
+            && doc["details"]["causes"][0]["reason"] == "NamespaceTerminating",
+        "{doc}"
+    );
+    // A second delete while finalizers remain changes nothing.
+    let (status, doc) = call_json(&f.app, "DELETE", "/api/v1/namespaces/demo", None).await?;
+    ensure!(
+        status == StatusCode::OK && doc["status"]["phase"] == "Terminating",
+        "{doc}"
+    );
+    // The main resource cannot drop spec.finalizers.
+    let (_, mut current) = call_json(&f.app, "GET", "/api/v1/namespaces/demo", None).await?;
+    current["spec"]["finalizers"] = json!([]);
+    let (status, doc) = call_json(
+        &f.app,
+        "PUT",
+        "/api/v1/namespaces/demo",
+        Some(current.clone()),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && doc["spec"]["finalizers"] == json!(["kubernetes"]),
+        "{doc}"
+    );
+    // The status subresource works (the controller's conditions).
+    let (status, _, body) = call(
+        &f.app,
+        "PATCH",
+        "/api/v1/namespaces/demo/status",
+        &[AUTH, ("content-type", "application/merge-patch+json")],
+        br#"{"status":{"conditions":[{"type":"NamespaceContentRemaining","status":"True","reason":"SomeResourcesRemain","message":"1 resource instances"}]}}"#.to_vec(),
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // finalize: emptying spec.finalizers removes it.
+    current["metadata"]
+        .as_object_mut()
+        .context("metadata")?
+        .remove("resourceVersion");
+    let (status, doc) = call_json(
+        &f.app,
+        "PUT",
+        "/api/v1/namespaces/demo/finalize",
+        Some(current),
+    )
+    .await?;
+    ensure!(status == StatusCode::OK, "{doc}");
+    let (status, _) = call_json(&f.app, "GET", "/api/v1/namespaces/demo", None).await?;
+    ensure!(
+        status == StatusCode::NOT_FOUND,
+        "finalized namespace is removed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn resource_version_match_is_validated_and_honoured() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, first) = call_json(&f.app, "POST", cms, Some(configmap("one", json!({})))).await?;
+    let rv: i64 = first["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .parse()?;
+    call_json(&f.app, "POST", cms, Some(configmap("two", json!({})))).await?;
+
+    let (status, list) = call_json(
+        &f.app,
+        "GET",
+        &format!("{cms}?resourceVersion={rv}&resourceVersionMatch=Exact"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK
+            && list["items"].as_array().map(Vec::len) == Some(1)
+            && list["metadata"]["resourceVersion"] == json!(rv.to_string()),
+        "{list}"
+    );
+    let (status, list) = call_json(
+        &f.app,
+        "GET",
+        &format!("{cms}?resourceVersion={rv}&resourceVersionMatch=NotOlderThan"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::OK && list["items"].as_array().map(Vec::len) == Some(2),
+        "{list}"
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "GET",
+        &format!(
+            "{cms}?resourceVersion={}&resourceVersionMatch=NotOlderThan",
+            rv + 1000
+        ),
+        None,
+    )
+    .await?;
+    ensure!(status == StatusCode::GATEWAY_TIMEOUT, "{doc}");
+    let (status, doc) = call_json(
+        &f.app,
+        "GET",
+        &format!("{cms}?resourceVersionMatch=Exact"),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && doc["message"]
+                == r#"ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"#,
+        "{doc}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn streaming_watch_ends_initial_events_with_a_bookmark_and_bookmarks_when_idle()
+-> anyhow::Result<()> {
+    let f = fixture().await?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    call_json(&f.app, "POST", cms, Some(configmap("a", json!({})))).await?;
+    call_json(&f.app, "POST", cms, Some(configmap("b", json!({})))).await?;
+    let (status, _, body) = call(
+        &f.app,
+        "GET",
+        &format!("{cms}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=12"),
+        &[AUTH],
+        vec![],
+    )
+    .await?;
+    ensure!(status == StatusCode::OK);
+    let events: Vec<Value> = String::from_utf8(body)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    ensure!(
+        types.len() >= 4 && types[..4] == ["ADDED", "ADDED", "BOOKMARK", "BOOKMARK"],
+        "{events:?}"
+    );
+    let end = &events[2]["object"];
+    ensure!(
+        end["kind"] == "ConfigMap"
+            && end["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true"
+            && end["metadata"]["resourceVersion"]
+                == events[1]["object"]["metadata"]["resourceVersion"],
+        "{end}"
+    );
+    ensure!(
+        events[3]["object"]["metadata"].get("annotations").is_none(),
+        "periodic bookmark: {}",
+        events[3]
+    );
+    let (status, doc) = call_json(
+        &f.app,
+        "GET",
+        &format!("{cms}?watch=1&sendInitialEvents=true&timeoutSeconds=1"),
+        None,
+    )
+    .await?;
+    ensure!(status == StatusCode::UNPROCESSABLE_ENTITY, "{doc}");
+    Ok(())
+}

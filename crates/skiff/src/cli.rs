@@ -78,6 +78,9 @@ pub struct ServerArgs {
     /// Also write the admin kubeconfig to this path.
     #[arg(long)]
     pub write_kubeconfig: Option<PathBuf>,
+    /// Do not run the controller manager in this server.
+    #[arg(long)]
+    pub disable_controller_manager: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,9 +177,36 @@ async fn server(args: ServerArgs) -> Result<()> {
         kubeconfig = %server.kubeconfig_path().display(),
         "API server listening"
     );
-    server.serve(shutdown_signal()).await;
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let api = tokio::spawn(server.serve(shutdown_signal()));
+
+    // The other control-plane components are API clients of this server.
+    let mut components = Vec::new();
+    if !args.disable_controller_manager {
+        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
+            .await
+            .context("connecting the controller manager to the API server")?;
+        components.push(tokio::spawn(skiff_controllers::run_with_leader_election(
+            client,
+            skiff_controllers::ControllerConfig::default(),
+            identity("controller-manager"),
+        )));
+    }
+    let result = api.await;
+    for c in components {
+        c.abort();
+    }
+    result.context("the API server task failed")?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// A leader-election identity unique to this process.
+fn identity(component: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "skiff".into());
+    format!("{host}_{component}_{}", std::process::id())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -141,3 +141,49 @@ fn server_on_a_real_etcd_keeps_objects_across_restarts() {
         &["--datastore-endpoint", &endpoint],
     );
 }
+
+#[test]
+fn server_runs_the_controller_manager_so_a_deployment_gets_its_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = skiff_testing::free_port().unwrap();
+    let server = SkiffServer::start(&dir.path().join("server"), port, &[]).unwrap();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: skiff-test:1}]}\n",
+    )
+    .unwrap();
+    server.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = server.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        if pods.lines().count() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "3 pods not created within 30 s: {pods}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rs = server.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].spec.replicas}",
+    ]);
+    assert_eq!(rs, "3");
+    let lease = server.ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "kube-controller-manager",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(lease.contains("controller-manager"), "{lease}");
+    server.stop();
+}

@@ -1,0 +1,71 @@
+//! The controller manager: controllers that keep the declared state true.
+//!
+//! Each controller is a Kubernetes API client built on `kube`'s runtime
+//! (watcher → reflector → `Controller`): event handlers only enqueue keys,
+//! `reconcile` is told *that* something changed, never *what*, and is
+//! idempotent. The decision of each controller is a pure function of what
+//! it observed (`plan` functions, unit-tested without a server); the
+//! reconcile step only applies that plan through the API.
+//!
+//! Must not touch the store or the API server's internals: everything here
+//! would work against a real Kubernetes cluster.
+
+pub mod deployment;
+pub mod pods;
+pub mod replicaset;
+pub mod selector;
+
+use std::time::Duration;
+
+/// What a reconcile can fail with; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("invalid object {0}: {1}")]
+    Invalid(String, String),
+    #[error("serializing: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Settings shared by the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// How often every object is reconciled even without events.
+    pub resync: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs every controller until they stop (they do not, unless the API goes
+/// away for good). Meant to run under leader election
+/// (`kube-system/kube-controller-manager`).
+pub async fn run(client: kube::Client, config: ControllerConfig) {
+    tokio::join!(
+        replicaset::run(client.clone(), config.clone()),
+        deployment::run(client.clone(), config.clone()),
+    );
+}
+
+/// Runs [`run`] under leader election.
+pub async fn run_with_leader_election(
+    client: kube::Client,
+    config: ControllerConfig,
+    identity: String,
+) {
+    let leader = skiff_client::leader::LeaderConfig::new(
+        "kube-system",
+        "kube-controller-manager",
+        &identity,
+    );
+    skiff_client::leader::run_as_leader(client.clone(), leader, || {
+        run(client.clone(), config.clone())
+    })
+    .await;
+}

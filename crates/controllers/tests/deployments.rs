@@ -1,0 +1,303 @@
+//! End to end: the real API server in-process, the controllers as API
+//! clients, and a stand-in node agent that marks every pod Running and
+//! Ready (the real node agent comes with issue 5). Driven with real kubectl.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+struct Cluster {
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn cluster() -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let store = skiff_store::open(&skiff_store::StoreConfig {
+        data_dir: dir.path().join("db"),
+        ..Default::default()
+    })
+    .await?;
+    let server = skiff_apiserver::Server::bind(
+        skiff_apiserver::ServerConfig {
+            data_dir: dir.path().to_path_buf(),
+            https_listen_port: 0,
+            ..Default::default()
+        },
+        store,
+    )
+    .await?;
+    let kubeconfig = server.kubeconfig_path().to_path_buf();
+    let mut tasks = vec![tokio::spawn(server.serve(std::future::pending()))];
+    let client = skiff_client::client_from_kubeconfig(&kubeconfig).await?;
+    tasks.push(tokio::spawn(skiff_controllers::run(
+        client.clone(),
+        skiff_controllers::ControllerConfig::default(),
+    )));
+    tasks.push(tokio::spawn(fake_node_agent(client)));
+    Ok(Cluster {
+        kubeconfig,
+        _dir: dir,
+        tasks,
+    })
+}
+
+/// Marks every pod that is not being deleted Running and Ready, and removes
+/// pods that are being deleted, as a node agent would.
+async fn fake_node_agent(client: kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+            continue;
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = api
+                .delete(
+                    &pod.name_any(),
+                    &kube::api::DeleteParams::default().grace_period(0),
+                )
+                .await;
+            continue;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if phase.as_deref() == Some("Running") {
+            continue;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = json!({"status": {
+            "phase": "Running",
+            "podIP": "10.42.0.9",
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ],
+        }});
+        let _ = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await;
+    }
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn kubectl_async(&self, args: &[&str]) -> Result<String> {
+        let kubeconfig = self.kubeconfig.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("/usr/bin/kubectl")
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(&args)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "kubectl {args:?} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .await?
+    }
+
+    /// Polls `kubectl get … -o jsonpath` until it prints `want`.
+    async fn wait_for(&self, args: &[&str], want: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(out) = self.kubectl_async(args).await {
+                if out.trim() == want {
+                    return Ok(());
+                }
+                last = out;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("kubectl {args:?} printed {last:?}, not {want:?}, within 60 s")
+    }
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  strategy:
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: skiff-test:1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolls_out_scales_updates_and_rolls_back() -> Result<()> {
+    let c = cluster().await?;
+    let file = c._dir.path().join("web.yaml");
+    std::fs::write(&file, DEPLOYMENT)?;
+    c.kubectl(&["apply", "-f", file.to_str().context("path")?])?;
+    c.kubectl_async(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await?;
+    c.wait_for(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.updatedReplicas}",
+        ],
+        "3/3",
+    )
+    .await?;
+    let pods = c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])?;
+    assert_eq!(pods.lines().count(), 3, "{pods}");
+
+    // Scale up and down.
+    c.kubectl(&["scale", "deployment/web", "--replicas=5"])?;
+    c.wait_for(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.availableReplicas}",
+        ],
+        "5",
+    )
+    .await?;
+    c.kubectl(&["scale", "deployment/web", "--replicas=2"])?;
+    c.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}x{end}",
+        ],
+        "xx",
+    )
+    .await?;
+
+    // A deleted pod is replaced.
+    let victim = c.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])?;
+    c.kubectl(&["delete", "pod", victim.trim(), "--wait=false"])?;
+    c.wait_for(
+        &[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].status.readyReplicas}",
+        ],
+        "2",
+    )
+    .await?;
+
+    // Roll out a new image, then undo it.
+    c.kubectl(&["set", "image", "deployment/web", "web=skiff-test:2"])?;
+    c.kubectl_async(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await?;
+    let images = c.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ])?;
+    c.wait_for(
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+        ],
+        "2",
+    )
+    .await?;
+    let history = c.kubectl(&["rollout", "history", "deployment/web"])?;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    c.kubectl(&["rollout", "undo", "deployment/web"])?;
+    c.kubectl_async(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await?;
+    c.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+        "skiff-test:1 skiff-test:1",
+    )
+    .await
+    .with_context(|| format!("after undo (images before were {images})"))?;
+    // Two ReplicaSets, one per template: the undone one scaled to zero.
+    let dump = c.kubectl(&["get", "rs", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.name} {.spec.replicas} {.metadata.annotations} {.spec.template}{\"\\n\"}{end}"])?;
+    let mut replicas: Vec<String> = dump
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+        .collect();
+    replicas.sort();
+    assert_eq!(replicas, ["0", "2"], "{dump}");
+    Ok(())
+}
