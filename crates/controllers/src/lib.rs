@@ -11,6 +11,7 @@
 //! would work against a real Kubernetes cluster.
 
 pub mod deployment;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
@@ -50,6 +51,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
     tokio::join!(
         replicaset::run(client.clone(), config.clone()),
         deployment::run(client.clone(), config.clone()),
+        namespace::run(client.clone(), config.clone()),
     );
 }
 

@@ -301,3 +301,57 @@ async fn deployment_rolls_out_scales_updates_and_rolls_back() -> Result<()> {
     assert_eq!(replicas, ["0", "2"], "{dump}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_deletes_its_content_then_the_namespace() -> Result<()> {
+    let c = cluster().await?;
+    c.kubectl(&["create", "namespace", "doomed"])?;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "create",
+        "configmap",
+        "a",
+        "--from-literal=k=v",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=k=v",
+    ])?;
+    let file = c._dir.path().join("web.yaml");
+    std::fs::write(&file, DEPLOYMENT)?;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "apply",
+        "-f",
+        file.to_str().context("path")?,
+    ])?;
+    c.wait_for(
+        &[
+            "-n",
+            "doomed",
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={range .items[*]}x{end}",
+        ],
+        "xxx",
+    )
+    .await?;
+    c.kubectl_async(&["delete", "namespace", "doomed", "--timeout=60s"])
+        .await?;
+    let out = Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["get", "namespace", "doomed"])
+        .output()?;
+    assert!(!out.status.success(), "namespace still there");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+    Ok(())
+}

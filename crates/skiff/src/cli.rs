@@ -81,6 +81,9 @@ pub struct ServerArgs {
     /// Do not run the controller manager in this server.
     #[arg(long)]
     pub disable_controller_manager: bool,
+    /// Do not run the scheduler in this server.
+    #[arg(long)]
+    pub disable_scheduler: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +193,18 @@ async fn server(args: ServerArgs) -> Result<()> {
             client,
             skiff_controllers::ControllerConfig::default(),
             identity("controller-manager"),
+        )));
+    }
+    if !args.disable_scheduler {
+        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
+            .await
+            .context("connecting the scheduler to the API server")?;
+        components.push(tokio::spawn(skiff_scheduler::run(
+            client,
+            skiff_scheduler::SchedulerConfig {
+                identity: identity("scheduler"),
+                ..Default::default()
+            },
         )));
     }
     let result = api.await;

@@ -1,0 +1,233 @@
+//! The scheduler's view of the cluster: a [`NodeInfo`] per node with the
+//! pods assigned to it, including pods *assumed* on a node (bound by this
+//! scheduler, not yet seen bound through the watch) so that the next
+//! attempt already counts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::framework::{NodeInfo, PodInfo};
+
+#[derive(Debug, Clone)]
+struct PodEntry {
+    node: String,
+    assumed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// Every node that has pods or exists; `present` tells which exist.
+    nodes: BTreeMap<String, NodeInfo>,
+    present: std::collections::BTreeSet<String>,
+    /// Pod uid → where it is.
+    pods: HashMap<String, PodEntry>,
+}
+
+fn placeholder(name: &str) -> Arc<Node> {
+    Arc::new(Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+impl Cache {
+    /// A node was added or changed; true when the change may make pending
+    /// pods fit (anything but status heartbeats).
+    pub fn set_node(&mut self, node: Arc<Node>) -> bool {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let is_new = self.present.insert(name.clone());
+        match self.nodes.get_mut(&name) {
+            Some(info) => {
+                let old = info.node.clone();
+                info.set_node(node.clone());
+                is_new || scheduling_relevant_change(&old, &node)
+            }
+            None => {
+                self.nodes.insert(name, NodeInfo::new(node));
+                true
+            }
+        }
+    }
+
+    pub fn delete_node(&mut self, name: &str) {
+        self.present.remove(name);
+        if let Some(info) = self.nodes.get_mut(name) {
+            if info.pods.is_empty() {
+                self.nodes.remove(name);
+            } else {
+                info.set_node(placeholder(name));
+            }
+        }
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.present.iter().cloned().collect()
+    }
+
+    fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
+        let uid = pod.uid().to_string();
+        self.remove_pod(&uid);
+        self.nodes
+            .entry(node.to_string())
+            .or_insert_with(|| NodeInfo::new(placeholder(node)))
+            .add_pod(pod);
+        self.pods.insert(
+            uid,
+            PodEntry {
+                node: node.to_string(),
+                assumed,
+            },
+        );
+    }
+
+    /// An assigned pod seen through the watch; returns whether it was
+    /// assumed by this scheduler before (i.e. it is our own binding).
+    pub fn add_or_update_pod(&mut self, pod: Arc<PodInfo>, node: &str) -> bool {
+        let was_assumed = self
+            .pods
+            .get(pod.uid())
+            .is_some_and(|e| e.assumed && e.node == node);
+        self.place(pod, node, false);
+        was_assumed
+    }
+
+    /// Counts `pod` on `node` before the binding is confirmed.
+    pub fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.place(pod, node, true);
+    }
+
+    /// Undoes [`Cache::assume`] (binding failed).
+    pub fn forget(&mut self, uid: &str) {
+        if self.pods.get(uid).is_some_and(|e| e.assumed) {
+            self.remove_pod(uid);
+        }
+    }
+
+    pub fn is_assumed(&self, uid: &str) -> bool {
+        self.pods.get(uid).is_some_and(|e| e.assumed)
+    }
+
+    /// Removes a pod wherever it is; returns whether it was there.
+    pub fn remove_pod(&mut self, uid: &str) -> bool {
+        let Some(e) = self.pods.remove(uid) else {
+            return false;
+        };
+        if let Some(info) = self.nodes.get_mut(&e.node) {
+            info.remove_pod(uid);
+            if info.pods.is_empty() && !self.present.contains(&e.node) {
+                self.nodes.remove(&e.node);
+            }
+        }
+        true
+    }
+
+    pub fn pod_uids(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// The existing nodes, in name order.
+    pub fn node_infos(&self) -> Vec<&NodeInfo> {
+        self.present
+            .iter()
+            .filter_map(|n| self.nodes.get(n))
+            .collect()
+    }
+
+    pub fn node_info(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name).filter(|_| self.present.contains(name))
+    }
+}
+
+/// Whether a node update matters for scheduling (upstream's
+/// `nodeSchedulingPropertiesChange`): allocatable, labels, taints,
+/// unschedulable, conditions' statuses.
+fn scheduling_relevant_change(old: &Node, new: &Node) -> bool {
+    let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    let taints = |n: &Node| n.spec.as_ref().and_then(|s| s.taints.clone());
+    let unsched = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable);
+    let conds = |n: &Node| -> Vec<(String, String)> {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    alloc(old) != alloc(new)
+        || old.metadata.labels != new.metadata.labels
+        || taints(old) != taints(new)
+        || unsched(old) != unsched(new)
+        || conds(old) != conds(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cpu: &str) -> Arc<Node> {
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "pods": "10"}}})).unwrap())
+    }
+
+    fn pod(name: &str, cpu: &str) -> Arc<PodInfo> {
+        Arc::new(PodInfo::new(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "uid": name},
+                "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]}}))
+            .unwrap(),
+        )))
+    }
+
+    #[test]
+    fn assumed_pods_count_until_confirmed_or_forgotten() {
+        let mut c = Cache::default();
+        c.set_node(node("n1", "4"));
+        c.assume(pod("a", "1"), "n1");
+        assert_eq!(c.node_info("n1").unwrap().requested.milli_cpu, 1000);
+        assert!(
+            c.add_or_update_pod(pod("a", "1"), "n1"),
+            "the watch confirms our binding"
+        );
+        assert!(!c.is_assumed("a"));
+        assert_eq!(c.node_info("n1").unwrap().requested.milli_cpu, 1000);
+        c.assume(pod("b", "2"), "n1");
+        c.forget("b");
+        assert_eq!(c.node_info("n1").unwrap().requested.milli_cpu, 1000);
+        c.forget("a");
+        assert_eq!(
+            c.node_info("n1").unwrap().pods.len(),
+            1,
+            "confirmed pods are not forgotten"
+        );
+    }
+
+    #[test]
+    fn pods_seen_before_their_node_are_kept() {
+        let mut c = Cache::default();
+        c.add_or_update_pod(pod("a", "1"), "n1");
+        assert!(c.node_infos().is_empty());
+        c.set_node(node("n1", "4"));
+        assert_eq!(c.node_info("n1").unwrap().requested.milli_cpu, 1000);
+        assert_eq!(c.node_info("n1").unwrap().allocatable.milli_cpu, 4000);
+        c.delete_node("n1");
+        assert!(c.node_infos().is_empty());
+        c.remove_pod("a");
+        assert!(c.nodes.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_are_not_scheduling_changes() {
+        let mut c = Cache::default();
+        assert!(c.set_node(node("n1", "4")));
+        assert!(!c.set_node(node("n1", "4")));
+        assert!(c.set_node(node("n1", "8")));
+    }
+}

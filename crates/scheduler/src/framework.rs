@@ -1,0 +1,683 @@
+//! The scheduling framework, in Kubernetes' shape: a [`NodeInfo`] snapshot
+//! per node, one small trait per extension point ([`PreFilterPlugin`],
+//! [`FilterPlugin`], [`ScorePlugin`] with its normalize step), a closed set
+//! of status [`Code`]s, and a [`Registry`] of plugins by name. Everything
+//! here is pure: no IO, no clock.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::resources::{HostPort, Resource, host_ports, non_zero_requests, pod_requests};
+
+/// The highest score a score plugin may give after normalizing.
+pub const MAX_NODE_SCORE: i64 = 100;
+
+/// What a plugin decided. Each code says what happens to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// The plugin has no objection; the next one runs.
+    Success,
+    /// The node does not fit now, but preempting pods on it may help: the
+    /// pod goes to the unschedulable queue and preemption considers the
+    /// node.
+    Unschedulable,
+    /// The node does not fit and preemption cannot change that (labels,
+    /// taints, cordon): preemption skips the node.
+    UnschedulableAndUnresolvable,
+    /// Something went wrong inside the plugin: the pod is retried with
+    /// backoff.
+    Error,
+}
+
+/// A plugin's answer: a code, the reasons (each counted separately in the
+/// `0/N nodes are available` message), and the plugin that gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub reasons: Vec<String>,
+    pub plugin: &'static str,
+}
+
+impl Status {
+    pub fn success() -> Status {
+        Status {
+            code: Code::Success,
+            reasons: Vec::new(),
+            plugin: "",
+        }
+    }
+
+    pub fn new(code: Code, reason: impl Into<String>) -> Status {
+        Status {
+            code,
+            reasons: vec![reason.into()],
+            plugin: "",
+        }
+    }
+
+    pub fn unschedulable(reason: impl Into<String>) -> Status {
+        Status::new(Code::Unschedulable, reason)
+    }
+
+    pub fn unresolvable(reason: impl Into<String>) -> Status {
+        Status::new(Code::UnschedulableAndUnresolvable, reason)
+    }
+
+    pub fn error(reason: impl Into<String>) -> Status {
+        Status::new(Code::Error, reason)
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.code == Code::Success
+    }
+
+    pub fn with_plugin(mut self, plugin: &'static str) -> Status {
+        self.plugin = plugin;
+        self
+    }
+
+    /// The reasons joined the way `Status.Message()` joins them.
+    pub fn message(&self) -> String {
+        self.reasons.join(", ")
+    }
+}
+
+/// A pod with what the plugins need precomputed.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub pod: Arc<Pod>,
+    /// Effective requests: `max(sum(containers), max(init))` plus overhead.
+    pub requests: Resource,
+    /// The same with 100m cpu / 200Mi memory for containers that ask for
+    /// none (used by scoring only).
+    pub non_zero_requests: Resource,
+    pub host_ports: Vec<HostPort>,
+    /// `spec.priority`, resolved by whoever built this (see
+    /// [`PodInfo::with_priority`]).
+    pub priority: i32,
+}
+
+impl PodInfo {
+    pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        PodInfo {
+            requests: pod_requests(&pod),
+            non_zero_requests: non_zero_requests(&pod),
+            host_ports: host_ports(&pod),
+            priority,
+            pod,
+        }
+    }
+
+    pub fn with_priority(mut self, priority: i32) -> PodInfo {
+        self.priority = priority;
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    pub fn name(&self) -> &str {
+        self.pod.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn is_terminating(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// One node and what is assigned to it: the snapshot a filter or score
+/// plugin judges.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: Arc<Node>,
+    pub pods: Vec<Arc<PodInfo>>,
+    /// Sum of the assigned pods' effective requests.
+    pub requested: Resource,
+    /// The same with non-zero defaults (for scoring).
+    pub non_zero_requested: Resource,
+    pub allocatable: Resource,
+}
+
+impl NodeInfo {
+    pub fn new(node: Arc<Node>) -> NodeInfo {
+        let allocatable = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()))
+            .map(Resource::from_list)
+            .unwrap_or_default();
+        NodeInfo {
+            node,
+            pods: Vec::new(),
+            requested: Resource::default(),
+            non_zero_requested: Resource::default(),
+            allocatable,
+        }
+    }
+
+    /// A node info with `pods` assigned.
+    pub fn with_pods(node: Arc<Node>, pods: impl IntoIterator<Item = Arc<PodInfo>>) -> NodeInfo {
+        let mut info = NodeInfo::new(node);
+        for p in pods {
+            info.add_pod(p);
+        }
+        info
+    }
+
+    pub fn name(&self) -> &str {
+        self.node.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    /// Replaces the node object, keeping the pods.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let pods = std::mem::take(&mut self.pods);
+        *self = NodeInfo::with_pods(node, pods);
+    }
+
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        self.non_zero_requested.add(&pod.non_zero_requests);
+        self.pods.push(pod);
+    }
+
+    /// Removes the pod with `uid`; true when it was there.
+    pub fn remove_pod(&mut self, uid: &str) -> bool {
+        let Some(i) = self.pods.iter().position(|p| p.uid() == uid) else {
+            return false;
+        };
+        let pod = self.pods.swap_remove(i);
+        self.requested.sub(&pod.requests);
+        self.non_zero_requested.sub(&pod.non_zero_requests);
+        true
+    }
+}
+
+/// Cluster data plugins may read besides nodes: namespace labels (for
+/// `namespaceSelector` in pod affinity terms).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+/// The nodes of one scheduling cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub nodes: &'a [&'a NodeInfo],
+    pub cluster: &'a ClusterInfo,
+}
+
+/// Data a plugin computed in PreFilter or PreScore for its later steps,
+/// keyed by plugin name.
+#[derive(Default)]
+pub struct CycleState {
+    data: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+}
+
+impl CycleState {
+    pub fn write<T: Any + Send + Sync>(&mut self, key: &'static str, value: T) {
+        self.data.insert(key, Box::new(value));
+    }
+
+    pub fn read<T: Any>(&self, key: &'static str) -> Option<&T> {
+        self.data.get(key).and_then(|v| v.downcast_ref())
+    }
+}
+
+/// Runs once per cycle before filtering, with every node in view; returns
+/// non-success to reject the pod on all nodes.
+pub trait PreFilterPlugin: Send + Sync {
+    fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot) -> Status;
+}
+
+/// Judges one node: Success, or why the pod cannot go there.
+pub trait FilterPlugin: Send + Sync {
+    fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status;
+}
+
+/// Ranks feasible nodes. `pre_score` sees them all first; `normalize`
+/// brings raw scores to `0..=MAX_NODE_SCORE`.
+pub trait ScorePlugin: Send + Sync {
+    fn pre_score(
+        &self,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _feasible: &[&NodeInfo],
+        _snapshot: &Snapshot,
+    ) {
+    }
+    fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64;
+    fn normalize(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}
+}
+
+/// A plugin: a name and the extension points it implements.
+pub trait Plugin: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn pre_filter(&self) -> Option<&dyn PreFilterPlugin> {
+        None
+    }
+    fn filter(&self) -> Option<&dyn FilterPlugin> {
+        None
+    }
+    fn score(&self) -> Option<&dyn ScorePlugin> {
+        None
+    }
+}
+
+/// Plugins by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    plugins: BTreeMap<&'static str, Arc<dyn Plugin>>,
+}
+
+impl Registry {
+    pub fn register(&mut self, plugin: Arc<dyn Plugin>) {
+        self.plugins.insert(plugin.name(), plugin);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Plugin>> {
+        self.plugins.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.keys().copied()
+    }
+}
+
+/// Why building a profile failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("plugin {0:?} is not registered")]
+    Unknown(String),
+    #[error("plugin {name:?} does not implement {point}")]
+    NotImplemented { name: String, point: &'static str },
+}
+
+/// Which plugins run at each extension point, in order, and the score
+/// weights.
+#[derive(Clone)]
+pub struct Profile {
+    pre_filters: Vec<(&'static str, Arc<dyn Plugin>)>,
+    filters: Vec<(&'static str, Arc<dyn Plugin>)>,
+    scores: Vec<(&'static str, Arc<dyn Plugin>, i64)>,
+}
+
+impl Profile {
+    /// A profile of registered plugins: PreFilter runs for every filter
+    /// plugin that implements it.
+    pub fn new(
+        registry: &Registry,
+        filters: &[&str],
+        scores: &[(&str, i64)],
+    ) -> Result<Profile, ProfileError> {
+        let get = |name: &str| {
+            registry
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ProfileError::Unknown(name.to_string()))
+        };
+        let mut profile = Profile {
+            pre_filters: Vec::new(),
+            filters: Vec::new(),
+            scores: Vec::new(),
+        };
+        for name in filters {
+            let p = get(name)?;
+            if p.filter().is_none() {
+                return Err(ProfileError::NotImplemented {
+                    name: name.to_string(),
+                    point: "Filter",
+                });
+            }
+            if p.pre_filter().is_some() {
+                profile.pre_filters.push((p.name(), p.clone()));
+            }
+            profile.filters.push((p.name(), p));
+        }
+        for (name, weight) in scores {
+            let p = get(name)?;
+            if p.score().is_none() {
+                return Err(ProfileError::NotImplemented {
+                    name: name.to_string(),
+                    point: "Score",
+                });
+            }
+            profile.scores.push((p.name(), p, *weight));
+        }
+        Ok(profile)
+    }
+
+    pub fn run_pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+    ) -> Status {
+        for (name, p) in &self.pre_filters {
+            if let Some(pf) = p.pre_filter() {
+                let s = pf.pre_filter(state, pod, snapshot);
+                if !s.is_success() {
+                    return s.with_plugin(name);
+                }
+            }
+        }
+        Status::success()
+    }
+
+    /// The first failing filter's status, or Success.
+    pub fn run_filters(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        for (name, p) in &self.filters {
+            if let Some(f) = p.filter() {
+                let s = f.filter(state, pod, node);
+                if !s.is_success() {
+                    return s.with_plugin(name);
+                }
+            }
+        }
+        Status::success()
+    }
+
+    /// Weighted, normalized total score of each feasible node.
+    pub fn run_scores(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        feasible: &[&NodeInfo],
+        snapshot: &Snapshot,
+    ) -> Vec<i64> {
+        let mut totals = vec![0i64; feasible.len()];
+        for (_, p, weight) in &self.scores {
+            let Some(sp) = p.score() else { continue };
+            sp.pre_score(state, pod, feasible, snapshot);
+            let mut scores: Vec<i64> = feasible.iter().map(|n| sp.score(state, pod, n)).collect();
+            sp.normalize(state, pod, &mut scores);
+            for (t, s) in totals.iter_mut().zip(scores) {
+                *t += s.clamp(0, MAX_NODE_SCORE) * weight;
+            }
+        }
+        totals
+    }
+}
+
+/// Why no node fits: the per-node statuses, and what preemption said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FitError {
+    pub num_all_nodes: usize,
+    /// Set when a PreFilter rejected the pod outright.
+    pub pre_filter_msg: Option<String>,
+    /// Node name → the filter status that rejected it.
+    pub node_to_status: BTreeMap<String, Status>,
+    pub post_filter_msg: Option<String>,
+}
+
+impl std::fmt::Display for FitError {
+    /// Kubernetes' `FitError.Error()`: `0/N nodes are available: <count>
+    /// <reason>, ... .` with the reasons sorted as strings, then the
+    /// PostFilter (preemption) message.
+    /// With no nodes at all it is upstream's `ErrNoNodesAvailable`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.num_all_nodes == 0 {
+            return write!(f, "no nodes available to schedule pods");
+        }
+        write!(f, "0/{} nodes are available:", self.num_all_nodes)?;
+        if let Some(msg) = &self.pre_filter_msg {
+            write!(f, " {msg}.")?;
+        } else {
+            let histogram = reason_histogram(self.node_to_status.values());
+            if !histogram.is_empty() {
+                write!(f, " {}.", histogram.join(", "))?;
+            }
+        }
+        if let Some(msg) = &self.post_filter_msg {
+            write!(f, " {}.", msg.trim_end_matches('.'))?;
+        }
+        Ok(())
+    }
+}
+
+/// `"<count> <reason>"` per distinct reason, sorted as strings (as upstream
+/// does, so "10 x" sorts before "2 y").
+pub fn reason_histogram<'a>(statuses: impl IntoIterator<Item = &'a Status>) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for s in statuses {
+        for r in &s.reasons {
+            *counts.entry(r.as_str()).or_default() += 1;
+        }
+    }
+    let mut out: Vec<String> = counts
+        .into_iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The outcome of one scheduling attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleResult {
+    pub node: String,
+    pub evaluated_nodes: usize,
+    pub feasible_nodes: usize,
+}
+
+/// `schedulePod`: PreFilter, Filter on every node, Score the feasible ones,
+/// pick the highest (ties broken by `tie_break`, which is handed the number
+/// of tied nodes and returns an index below it).
+pub fn schedule_pod(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    tie_break: &mut dyn FnMut(usize) -> usize,
+) -> Result<ScheduleResult, FitError> {
+    let num_all_nodes = snapshot.nodes.len();
+    let mut fit_error = FitError {
+        num_all_nodes,
+        pre_filter_msg: None,
+        node_to_status: BTreeMap::new(),
+        post_filter_msg: None,
+    };
+    if num_all_nodes == 0 {
+        return Err(fit_error);
+    }
+    let mut state = CycleState::default();
+    let pre = profile.run_pre_filter(&mut state, pod, snapshot);
+    if !pre.is_success() {
+        for n in snapshot.nodes {
+            fit_error
+                .node_to_status
+                .insert(n.name().to_string(), pre.clone());
+        }
+        fit_error.pre_filter_msg = Some(pre.message());
+        return Err(fit_error);
+    }
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
+    for n in snapshot.nodes {
+        let s = profile.run_filters(&state, pod, n);
+        if s.is_success() {
+            feasible.push(n);
+        } else {
+            fit_error.node_to_status.insert(n.name().to_string(), s);
+        }
+    }
+    if feasible.is_empty() {
+        return Err(fit_error);
+    }
+    let evaluated_nodes = num_all_nodes;
+    let feasible_nodes = feasible.len();
+    if feasible.len() == 1 {
+        return Ok(ScheduleResult {
+            node: feasible[0].name().to_string(),
+            evaluated_nodes,
+            feasible_nodes,
+        });
+    }
+    let scores = profile.run_scores(&mut state, pod, &feasible, snapshot);
+    let best = scores.iter().copied().max().unwrap_or(0);
+    let tied: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == best).collect();
+    let pick = tied[tie_break(tied.len()).min(tied.len() - 1)];
+    Ok(ScheduleResult {
+        node: feasible[pick].name().to_string(),
+        evaluated_nodes,
+        feasible_nodes,
+    })
+}
+
+/// Upstream's `DefaultNormalizeScore`: scales so the best is
+/// `MAX_NODE_SCORE`; `reverse` makes the lowest raw score the best.
+pub fn default_normalize(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    if max == 0 {
+        if reverse {
+            scores.iter_mut().for_each(|s| *s = MAX_NODE_SCORE);
+        }
+        return;
+    }
+    for s in scores.iter_mut() {
+        let v = MAX_NODE_SCORE * *s / max;
+        *s = if reverse { MAX_NODE_SCORE - v } else { v };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(code: Code, reasons: &[&str]) -> Status {
+        Status {
+            code,
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+            plugin: "",
+        }
+    }
+
+    #[test]
+    fn fit_error_message_matches_upstream_form() {
+        let mut node_to_status = BTreeMap::new();
+        node_to_status.insert(
+            "cp".to_string(),
+            st(
+                Code::UnschedulableAndUnresolvable,
+                &["node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"],
+            ),
+        );
+        node_to_status.insert(
+            "a".to_string(),
+            st(Code::Unschedulable, &["Insufficient cpu"]),
+        );
+        node_to_status.insert(
+            "b".to_string(),
+            st(Code::Unschedulable, &["Insufficient cpu"]),
+        );
+        let e = FitError {
+            num_all_nodes: 3,
+            pre_filter_msg: None,
+            node_to_status,
+            post_filter_msg: Some(
+                "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.".into(),
+            ),
+        };
+        assert_eq!(
+            e.to_string(),
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, \
+             2 Insufficient cpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+        );
+    }
+
+    #[test]
+    fn fit_error_counts_every_reason_of_a_node_and_sorts_as_strings() {
+        let mut node_to_status = BTreeMap::new();
+        for i in 0..10 {
+            node_to_status.insert(
+                format!("n{i}"),
+                st(Code::Unschedulable, &["Insufficient memory"]),
+            );
+        }
+        node_to_status.insert(
+            "x".into(),
+            st(
+                Code::Unschedulable,
+                &["Insufficient cpu", "Insufficient memory"],
+            ),
+        );
+        node_to_status.insert("y".into(), st(Code::Unschedulable, &["Insufficient cpu"]));
+        let e = FitError {
+            num_all_nodes: 12,
+            pre_filter_msg: None,
+            node_to_status,
+            post_filter_msg: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "0/12 nodes are available: 11 Insufficient memory, 2 Insufficient cpu."
+        );
+    }
+
+    #[test]
+    fn fit_error_with_no_nodes() {
+        let e = FitError {
+            num_all_nodes: 0,
+            pre_filter_msg: None,
+            node_to_status: BTreeMap::new(),
+            post_filter_msg: None,
+        };
+        assert_eq!(e.to_string(), "no nodes available to schedule pods");
+    }
+
+    #[test]
+    fn default_normalize_scales_and_reverses() {
+        struct Case {
+            name: &'static str,
+            input: Vec<i64>,
+            reverse: bool,
+            want: Vec<i64>,
+        }
+        let cases = [
+            Case {
+                name: "scale to max",
+                input: vec![1, 2, 4],
+                reverse: false,
+                want: vec![25, 50, 100],
+            },
+            Case {
+                name: "all zero stays zero",
+                input: vec![0, 0],
+                reverse: false,
+                want: vec![0, 0],
+            },
+            Case {
+                name: "reverse",
+                input: vec![0, 1, 2],
+                reverse: true,
+                want: vec![100, 50, 0],
+            },
+            Case {
+                name: "reverse all zero is best",
+                input: vec![0, 0],
+                reverse: true,
+                want: vec![100, 100],
+            },
+        ];
+        for mut c in cases {
+            default_normalize(&mut c.input, c.reverse);
+            assert_eq!(c.input, c.want, "{}", c.name);
+        }
+    }
+}
