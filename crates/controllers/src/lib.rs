@@ -11,6 +11,7 @@
 //! would work against a real Kubernetes cluster.
 
 pub mod deployment;
+pub mod gc;
 pub mod namespace;
 pub mod pods;
 pub mod replicaset;
@@ -52,6 +53,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         replicaset::run(client.clone(), config.clone()),
         deployment::run(client.clone(), config.clone()),
         namespace::run(client.clone(), config.clone()),
+        gc::run(client.clone(), config.clone()),
     );
 }
 

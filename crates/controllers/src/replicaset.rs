@@ -179,6 +179,11 @@ async fn apply(
             .into_iter()
             .filter(|r| r.uid != owner.uid)
             .collect();
+        let refs = if refs.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(refs)
+        };
         let patch = json!({"metadata": {"ownerReferences": refs}});
         pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;

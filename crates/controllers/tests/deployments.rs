@@ -355,3 +355,93 @@ async fn deleting_a_namespace_deletes_its_content_then_the_namespace() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_deployment_cascades_or_orphans_as_asked() -> Result<()> {
+    let c = cluster().await?;
+    let file = c._dir.path().join("web.yaml");
+    std::fs::write(&file, DEPLOYMENT)?;
+    let path = file.to_str().context("path")?;
+    // Background (kubectl's default): ReplicaSet and pods go after the owner.
+    c.kubectl(&["apply", "-f", path])?;
+    c.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}x{end}",
+        ],
+        "xxx",
+    )
+    .await?;
+    c.kubectl(&["delete", "deployment", "web"])?;
+    c.wait_for(&["get", "rs,pods", "-l", "app=web", "-o", "name"], "")
+        .await?;
+    // Foreground: the owner waits for its dependents.
+    c.kubectl(&["apply", "-f", path])?;
+    c.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}x{end}",
+        ],
+        "xxx",
+    )
+    .await?;
+    c.kubectl_async(&[
+        "delete",
+        "deployment",
+        "web",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ])
+    .await?;
+    c.wait_for(
+        &["get", "deploy,rs,pods", "-l", "app=web", "-o", "name"],
+        "",
+    )
+    .await?;
+    // Orphan: the ReplicaSet and its pods stay, without the owner reference.
+    c.kubectl(&["apply", "-f", path])?;
+    c.wait_for(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}x{end}",
+        ],
+        "xxx",
+    )
+    .await?;
+    c.kubectl_async(&[
+        "delete",
+        "deployment",
+        "web",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ])
+    .await?;
+    c.wait_for(
+        &[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.ownerReferences}",
+        ],
+        "",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = c.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"])?;
+    assert_eq!(pods.lines().count(), 3, "orphaned pods stay: {pods}");
+    Ok(())
+}
