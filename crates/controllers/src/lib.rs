@@ -16,6 +16,7 @@ pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
+pub mod serviceaccount;
 
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         deployment::run(client.clone(), config.clone()),
         namespace::run(client.clone(), config.clone()),
         gc::run(client.clone(), config.clone()),
+        serviceaccount::run(client.clone(), config.clone()),
     );
 }
 

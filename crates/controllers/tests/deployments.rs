@@ -445,3 +445,70 @@ async fn deleting_a_deployment_cascades_or_orphans_as_asked() -> Result<()> {
     assert_eq!(pods.lines().count(), 3, "orphaned pods stay: {pods}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_even_after_deletion() -> Result<()> {
+    let c = cluster().await?;
+    c.kubectl(&["create", "namespace", "team"])?;
+    c.wait_for(
+        &[
+            "-n",
+            "team",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "jsonpath={.metadata.name}",
+        ],
+        "default",
+    )
+    .await?;
+    c.wait_for(
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "jsonpath={.metadata.name}",
+        ],
+        "default",
+    )
+    .await?;
+    let uid = c.kubectl(&[
+        "-n",
+        "team",
+        "get",
+        "sa",
+        "default",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    c.kubectl(&["-n", "team", "delete", "sa", "default"])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(new) = c
+            .kubectl_async(&[
+                "-n",
+                "team",
+                "get",
+                "sa",
+                "default",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ])
+            .await
+            && !new.is_empty()
+            && new != uid
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "default service account not recreated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
