@@ -178,12 +178,12 @@ fn kind_index(api_version: &str, kind: &str) -> Option<usize> {
 /// Lists every kind; `None` when any list failed.
 async fn snapshot(client: &kube::Client) -> Option<Vec<Item>> {
     let mut items = Vec::new();
-    for kind in 0..KINDS.len() {
+    for (kind, (_, _, kind_name, _, _)) in KINDS.iter().enumerate() {
         let api = api_for(client, kind, None);
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::debug!(kind = KINDS[kind].2, error = %e, "gc: list failed; skipping this sweep");
+                tracing::debug!(kind = kind_name, error = %e, "gc: list failed; skipping this sweep");
                 return None;
             }
         };

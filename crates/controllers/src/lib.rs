@@ -13,6 +13,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod selector;
@@ -36,12 +37,14 @@ pub enum Error {
 pub struct ControllerConfig {
     /// How often every object is reconciled even without events.
     pub resync: Duration,
+    pub node_lifecycle: nodelifecycle::NodeLifecycleConfig,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             resync: Duration::from_secs(300),
+            node_lifecycle: Default::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         namespace::run(client.clone(), config.clone()),
         gc::run(client.clone(), config.clone()),
         serviceaccount::run(client.clone(), config.clone()),
+        nodelifecycle::run(client.clone(), config.clone()),
     );
 }
 

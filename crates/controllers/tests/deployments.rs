@@ -29,6 +29,10 @@ impl Drop for Cluster {
 }
 
 async fn cluster() -> Result<Cluster> {
+    cluster_with(skiff_controllers::ControllerConfig::default()).await
+}
+
+async fn cluster_with(config: skiff_controllers::ControllerConfig) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let store = skiff_store::open(&skiff_store::StoreConfig {
         data_dir: dir.path().join("db"),
@@ -47,10 +51,7 @@ async fn cluster() -> Result<Cluster> {
     let kubeconfig = server.kubeconfig_path().to_path_buf();
     let mut tasks = vec![tokio::spawn(server.serve(std::future::pending()))];
     let client = skiff_client::client_from_kubeconfig(&kubeconfig).await?;
-    tasks.push(tokio::spawn(skiff_controllers::run(
-        client.clone(),
-        skiff_controllers::ControllerConfig::default(),
-    )));
+    tasks.push(tokio::spawn(skiff_controllers::run(client.clone(), config)));
     tasks.push(tokio::spawn(fake_node_agent(client)));
     Ok(Cluster {
         kubeconfig,
@@ -510,5 +511,49 @@ async fn every_namespace_gets_a_default_service_account_even_after_deletion() ->
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_heartbeating_is_tainted_and_its_pods_evicted() -> Result<()> {
+    let mut config = skiff_controllers::ControllerConfig::default();
+    config.node_lifecycle.monitor_period = Duration::from_millis(500);
+    config.node_lifecycle.grace_period = Duration::from_secs(5);
+    config.node_lifecycle.default_toleration_seconds = 2;
+    let c = cluster_with(config).await?;
+    let stale = (k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_secs(120))
+    .to_string();
+    let node = format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"n1"}},
+            "status":{{"conditions":[{{"type":"Ready","status":"True","lastHeartbeatTime":"{stale}","lastTransitionTime":"{stale}"}}]}}}}"#
+    );
+    let file = c._dir.path().join("node.json");
+    std::fs::write(&file, node)?;
+    c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"},
+                  "spec":{"nodeName":"n1","containers":[{"name":"c","image":"skiff-test:1"}]}}"#;
+    let file = c._dir.path().join("pod.json");
+    std::fs::write(&file, pod)?;
+    c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
+    c.wait_for(
+        &[
+            "get",
+            "node",
+            "n1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        "Unknown",
+    )
+    .await?;
+    c.wait_for(
+        &["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"],
+        "node.kubernetes.io/unreachable node.kubernetes.io/unreachable",
+    )
+    .await?;
+    // The pod had no toleration of its own: evicted after the default
+    // (2 s here); the stand-in agent then finishes the deletion.
+    c.wait_for(&["get", "pods", "-o", "name"], "").await?;
     Ok(())
 }
