@@ -11,7 +11,9 @@
 //! would work against a real Kubernetes cluster.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod pods;
@@ -57,9 +59,11 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         replicaset::run(client.clone(), config.clone()),
         deployment::run(client.clone(), config.clone()),
         namespace::run(client.clone(), config.clone()),
+        endpoints::run(client.clone(), config.clone()),
         gc::run(client.clone(), config.clone()),
         serviceaccount::run(client.clone(), config.clone()),
         nodelifecycle::run(client.clone(), config.clone()),
+        job::run(client.clone(), config.clone()),
     );
 }
 

@@ -85,6 +85,30 @@ async fn fake_node_agent(client: kube::Client) {
             continue;
         }
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        // Job pods run to completion: jobs named fail-* fail, others succeed.
+        if let Some(job) = pod.labels().get("batch.kubernetes.io/job-name") {
+            if phase.as_deref() == Some("Succeeded") || phase.as_deref() == Some("Failed") {
+                continue;
+            }
+            let (phase, code) = if job.starts_with("fail") {
+                ("Failed", 1)
+            } else {
+                ("Succeeded", 0)
+            };
+            let status = json!({"status": {
+                "phase": phase,
+                "containerStatuses": [{"name": "c", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": code, "finishedAt": now}}}],
+            }});
+            let _ = api
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status),
+                )
+                .await;
+            continue;
+        }
         let status = json!({"status": {
             "phase": "Running",
             "podIP": "10.42.0.9",
@@ -555,5 +579,56 @@ async fn a_node_that_stops_heartbeating_is_tainted_and_its_pods_evicted() -> Res
     // The pod had no toleration of its own: evicted after the default
     // (2 s here); the stand-in agent then finishes the deletion.
     c.wait_for(&["get", "pods", "-o", "name"], "").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_or_fail_after_their_backoff_limit() -> Result<()> {
+    let c = cluster().await?;
+    let job = |name: &str, extra: &str| {
+        format!(
+            r#"{{"apiVersion":"batch/v1","kind":"Job","metadata":{{"name":"{name}"}},
+                "spec":{{"completions":3,"parallelism":2,{extra}
+                  "template":{{"spec":{{"restartPolicy":"Never","containers":[{{"name":"c","image":"skiff-test:1"}}]}}}}}}}}"#
+        )
+    };
+    let file = c._dir.path().join("job.json");
+    std::fs::write(&file, job("ok", ""))?;
+    c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
+    c.kubectl_async(&[
+        "wait",
+        "--for=condition=complete",
+        "job/ok",
+        "--timeout=60s",
+    ])
+    .await?;
+    c.wait_for(
+        &["get", "job", "ok", "-o", "jsonpath={.status.succeeded}"],
+        "3",
+    )
+    .await?;
+    let table = c.kubectl(&["get", "job", "ok"])?;
+    assert!(
+        table.contains("Complete") && table.contains("3/3"),
+        "{table}"
+    );
+
+    std::fs::write(&file, job("fail-fast", r#""backoffLimit":0,"#))?;
+    c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
+    c.kubectl_async(&[
+        "wait",
+        "--for=condition=failed",
+        "job/fail-fast",
+        "--timeout=60s",
+    ])
+    .await?;
+    let reason = c.kubectl(&[
+        "get",
+        "job",
+        "fail-fast",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+    ])?;
+    assert_eq!(reason, "BackoffLimitExceeded");
     Ok(())
 }
