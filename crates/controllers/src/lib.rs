@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
@@ -40,6 +41,8 @@ pub struct ControllerConfig {
     /// How often every object is reconciled even without events.
     pub resync: Duration,
     pub node_lifecycle: nodelifecycle::NodeLifecycleConfig,
+    /// Where nodes' pod CIDRs come from.
+    pub cluster_cidr: nodeipam::ClusterCidr,
 }
 
 impl Default for ControllerConfig {
@@ -47,6 +50,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             resync: Duration::from_secs(300),
             node_lifecycle: Default::default(),
+            cluster_cidr: Default::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         serviceaccount::run(client.clone(), config.clone()),
         nodelifecycle::run(client.clone(), config.clone()),
         job::run(client.clone(), config.clone()),
+        nodeipam::run(client.clone(), config.clone()),
     );
 }
 

@@ -23,6 +23,10 @@ pub enum Command {
     /// Run the control plane: the API server on the cluster store (the
     /// scheduler, controllers and a local node agent join in later issues).
     Server(ServerArgs),
+    /// Run only the scheduler, against any cluster a kubeconfig points at.
+    Scheduler(ComponentArgs),
+    /// Run only the controller manager, against any cluster a kubeconfig points at.
+    ControllerManager(ControllerManagerArgs),
     /// Run benchmarks and print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -84,6 +88,59 @@ pub struct ServerArgs {
     /// Do not run the scheduler in this server.
     #[arg(long)]
     pub disable_scheduler: bool,
+    /// The range nodes' pod CIDRs come from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ComponentArgs {
+    /// Kubeconfig of the cluster to work on.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerManagerArgs {
+    #[command(flatten)]
+    pub component: ComponentArgs,
+    /// The range nodes' pod CIDRs come from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Seconds without a heartbeat before a node is Unknown.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Toleration of not-ready/unreachable for pods that declare none.
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+}
+
+impl ControllerManagerArgs {
+    pub fn config(&self) -> Result<skiff_controllers::ControllerConfig> {
+        let cluster_cidr = skiff_controllers::nodeipam::ClusterCidr::parse(
+            &self.cluster_cidr,
+            self.node_cidr_mask_size,
+        )
+        .with_context(|| {
+            format!(
+                "--cluster-cidr {} with --node-cidr-mask-size {} is not a valid IPv4 range",
+                self.cluster_cidr, self.node_cidr_mask_size
+            )
+        })?;
+        let defaults = skiff_controllers::ControllerConfig::default();
+        Ok(skiff_controllers::ControllerConfig {
+            cluster_cidr,
+            node_lifecycle: skiff_controllers::nodelifecycle::NodeLifecycleConfig {
+                grace_period: Duration::from_secs(self.node_monitor_grace_period),
+                default_toleration_seconds: self.default_not_ready_toleration_seconds,
+                ..defaults.node_lifecycle
+            },
+            ..defaults
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +199,29 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => server(args).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
+        Command::Scheduler(args) => {
+            let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
+            skiff_scheduler::run(
+                client,
+                skiff_scheduler::SchedulerConfig {
+                    identity: identity("scheduler"),
+                    ..Default::default()
+                },
+            )
+            .await;
+            Ok(())
+        }
+        Command::ControllerManager(args) => {
+            let config = args.config()?;
+            let client = skiff_client::client_from_kubeconfig(&args.component.kubeconfig).await?;
+            skiff_controllers::run_with_leader_election(
+                client,
+                config,
+                identity("controller-manager"),
+            )
+            .await;
+            Ok(())
+        }
     }
 }
 
@@ -189,9 +269,20 @@ async fn server(args: ServerArgs) -> Result<()> {
         let client = skiff_client::client_from_kubeconfig(&kubeconfig)
             .await
             .context("connecting the controller manager to the API server")?;
+        let cluster_cidr = skiff_controllers::nodeipam::ClusterCidr::parse(&args.cluster_cidr, 24)
+            .with_context(|| {
+                format!(
+                    "--cluster-cidr {} is not a valid IPv4 range",
+                    args.cluster_cidr
+                )
+            })?;
+        let config = skiff_controllers::ControllerConfig {
+            cluster_cidr,
+            ..Default::default()
+        };
         components.push(tokio::spawn(skiff_controllers::run_with_leader_election(
             client,
-            skiff_controllers::ControllerConfig::default(),
+            config,
             identity("controller-manager"),
         )));
     }

@@ -187,3 +187,66 @@ fn server_runs_the_controller_manager_so_a_deployment_gets_its_pods() {
     assert!(lease.contains("controller-manager"), "{lease}");
     server.stop();
 }
+
+#[test]
+fn standalone_controller_manager_and_scheduler_work_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = skiff_testing::free_port().unwrap();
+    let server = SkiffServer::start(
+        &dir.path().join("server"),
+        port,
+        &["--disable-controller-manager", "--disable-scheduler"],
+    )
+    .unwrap();
+    let mut components: Vec<Child> = ["controller-manager", "scheduler"]
+        .iter()
+        .map(|c| {
+            Command::new(env!("CARGO_BIN_EXE_skiff"))
+                .arg(c)
+                .arg("--kubeconfig")
+                .arg(&server.kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: skiff-test:1}]}
+",
+    )
+    .unwrap();
+    server.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let msgs = server.ok(&[
+            "get", "pods", "-l", "app=web",
+            "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"PodScheduled\")].reason} {end}",
+        ]);
+        if msgs.trim() == "SchedulerError SchedulerError"
+            || msgs.trim() == "Unschedulable Unschedulable"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not created and judged by the scheduler: {msgs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for c in &mut components {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    server.stop();
+}
