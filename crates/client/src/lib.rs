@@ -1,12 +1,14 @@
 //! Helpers for skiff components that are Kubernetes API clients (scheduler,
 //! controllers, node agents, proxy): building a `kube::Client` from a
-//! kubeconfig, and leader election through a `coordination.k8s.io/v1`
-//! Lease.
+//! kubeconfig, leader election through a `coordination.k8s.io/v1` Lease,
+//! and the pure matching rules every component shares (label selectors,
+//! node selectors, tolerations).
 //!
 //! Must not depend on the API server or the store: everything here would
 //! work against any Kubernetes cluster.
 
 pub mod leader;
+pub mod selectors;
 
 use std::path::Path;
 

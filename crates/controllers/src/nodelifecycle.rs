@@ -135,25 +135,6 @@ pub fn desired_taints(node: &Node, health: Health, now: Timestamp) -> Option<Vec
     (norm(&taints) != norm(&current)).then_some(taints)
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = &t.effect
-        && !effect.is_empty()
-        && effect != &taint.effect
-    {
-        return false;
-    }
-    match t.operator.as_deref() {
-        Some("Exists") => t
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => {
-            t.key.as_deref() == Some(taint.key.as_str())
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
-}
-
 /// When `pod` must leave a node with these NoExecute `taints`: `Some(0)`
 /// now, `Some(n)` in n seconds, `None` never.
 pub fn eviction_in(pod: &Pod, taints: &[Taint], now: i64, default_secs: i64) -> Option<i64> {
@@ -170,8 +151,10 @@ pub fn eviction_in(pod: &Pod, taints: &[Taint], now: i64, default_secs: i64) -> 
             .as_ref()
             .map(|t| t.0.as_second())
             .unwrap_or(now);
-        let matching: Vec<&Toleration> =
-            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> = tolerations
+            .iter()
+            .filter(|t| skiff_client::selectors::tolerates(t, taint))
+            .collect();
         let seconds = if matching.is_empty() {
             if taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY {
                 Some(default_secs)

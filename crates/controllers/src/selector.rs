@@ -1,4 +1,5 @@
-//! `metav1.LabelSelector` matching.
+//! `metav1.LabelSelector` matching (shared with the scheduler through
+//! `skiff-client`) and its query-string form.
 
 use std::collections::BTreeMap;
 
@@ -7,30 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// True when `labels` match `selector`. An empty selector matches
 /// everything (as for a ReplicaSet, where the API requires it non-empty).
 pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &selector.match_labels {
-        for (k, v) in ml {
-            if labels.get(k) != Some(v) {
-                return false;
-            }
-        }
-    }
-    if let Some(exprs) = &selector.match_expressions {
-        for e in exprs {
-            let values = e.values.as_deref().unwrap_or_default();
-            let have = labels.get(&e.key);
-            let ok = match e.operator.as_str() {
-                "In" => have.is_some_and(|v| values.contains(v)),
-                "NotIn" => have.is_none_or(|v| !values.contains(v)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            };
-            if !ok {
-                return false;
-            }
-        }
-    }
-    true
+    skiff_client::selectors::label_selector_matches(Some(selector), labels)
 }
 
 /// The selector as a query string (`a=b,c in (d,e)`) for list calls.
