@@ -198,19 +198,22 @@ fn standalone_controller_manager_and_scheduler_work_against_the_server() {
         &["--disable-controller-manager", "--disable-scheduler"],
     )
     .unwrap();
-    let mut components: Vec<Child> = ["controller-manager", "scheduler"]
-        .iter()
-        .map(|c| {
-            Command::new(env!("CARGO_BIN_EXE_skiff"))
-                .arg(c)
-                .arg("--kubeconfig")
-                .arg(&server.kubeconfig)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    // Killed on drop, also when an assertion below fails.
+    let _components = Children(
+        ["controller-manager", "scheduler"]
+            .iter()
+            .map(|c| {
+                Command::new(env!("CARGO_BIN_EXE_skiff"))
+                    .arg(c)
+                    .arg("--kubeconfig")
+                    .arg(&server.kubeconfig)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
     let manifest = dir.path().join("web.yaml");
     std::fs::write(
         &manifest,
@@ -244,9 +247,17 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    for c in &mut components {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
     server.stop();
+}
+
+/// Child processes killed and reaped on drop.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
