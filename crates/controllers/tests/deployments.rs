@@ -2,11 +2,13 @@
 //! clients, and a stand-in node agent that marks every pod Running and
 //! Ready (the real node agent comes with issue 5). Driven with real kubectl.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+mod common;
+
+use anyhow::{Context, Result};
+use common::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
@@ -14,50 +16,12 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-struct Cluster {
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 async fn cluster() -> Result<Cluster> {
     cluster_with(skiff_controllers::ControllerConfig::default()).await
 }
 
 async fn cluster_with(config: skiff_controllers::ControllerConfig) -> Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let store = skiff_store::open(&skiff_store::StoreConfig {
-        data_dir: dir.path().join("db"),
-        ..Default::default()
-    })
-    .await?;
-    let server = skiff_apiserver::Server::bind(
-        skiff_apiserver::ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            https_listen_port: 0,
-            ..Default::default()
-        },
-        store,
-    )
-    .await?;
-    let kubeconfig = server.kubeconfig_path().to_path_buf();
-    let mut tasks = vec![tokio::spawn(server.serve(std::future::pending()))];
-    let client = skiff_client::client_from_kubeconfig(&kubeconfig).await?;
-    tasks.push(tokio::spawn(skiff_controllers::run(client.clone(), config)));
-    tasks.push(tokio::spawn(fake_node_agent(client)));
-    Ok(Cluster {
-        kubeconfig,
-        _dir: dir,
-        tasks,
-    })
+    Cluster::start(config, fake_node_agent).await
 }
 
 /// Marks every pod that is not being deleted Running and Ready, and removes
@@ -127,62 +91,6 @@ async fn fake_node_agent(client: kube::Client) {
     }
 }
 
-impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn kubectl_async(&self, args: &[&str]) -> Result<String> {
-        let kubeconfig = self.kubeconfig.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new("/usr/bin/kubectl")
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(&args)
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "kubectl {args:?} failed: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        })
-        .await?
-    }
-
-    /// Polls `kubectl get … -o jsonpath` until it prints `want`.
-    async fn wait_for(&self, args: &[&str], want: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(out) = self.kubectl_async(args).await {
-                if out.trim() == want {
-                    return Ok(());
-                }
-                last = out;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        bail!("kubectl {args:?} printed {last:?}, not {want:?}, within 60 s")
-    }
-}
-
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -206,7 +114,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_scales_updates_and_rolls_back() -> Result<()> {
     let c = cluster().await?;
-    let file = c._dir.path().join("web.yaml");
+    let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, DEPLOYMENT)?;
     c.kubectl(&["apply", "-f", file.to_str().context("path")?])?;
     c.kubectl_async(&["rollout", "status", "deployment/web", "--timeout=60s"])
@@ -348,7 +256,7 @@ async fn deleting_a_namespace_deletes_its_content_then_the_namespace() -> Result
         "s",
         "--from-literal=k=v",
     ])?;
-    let file = c._dir.path().join("web.yaml");
+    let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, DEPLOYMENT)?;
     c.kubectl(&[
         "-n",
@@ -384,7 +292,7 @@ async fn deleting_a_namespace_deletes_its_content_then_the_namespace() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_deployment_cascades_or_orphans_as_asked() -> Result<()> {
     let c = cluster().await?;
-    let file = c._dir.path().join("web.yaml");
+    let file = c.dir.path().join("web.yaml");
     std::fs::write(&file, DEPLOYMENT)?;
     let path = file.to_str().context("path")?;
     // Background (kubectl's default): ReplicaSet and pods go after the owner.
@@ -552,12 +460,12 @@ async fn a_node_that_stops_heartbeating_is_tainted_and_its_pods_evicted() -> Res
         r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"n1"}},
             "status":{{"conditions":[{{"type":"Ready","status":"True","lastHeartbeatTime":"{stale}","lastTransitionTime":"{stale}"}}]}}}}"#
     );
-    let file = c._dir.path().join("node.json");
+    let file = c.dir.path().join("node.json");
     std::fs::write(&file, node)?;
     c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
     let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"},
                   "spec":{"nodeName":"n1","containers":[{"name":"c","image":"skiff-test:1"}]}}"#;
-    let file = c._dir.path().join("pod.json");
+    let file = c.dir.path().join("pod.json");
     std::fs::write(&file, pod)?;
     c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
     c.wait_for(
@@ -592,7 +500,7 @@ async fn jobs_complete_or_fail_after_their_backoff_limit() -> Result<()> {
                   "template":{{"spec":{{"restartPolicy":"Never","containers":[{{"name":"c","image":"skiff-test:1"}}]}}}}}}}}"#
         )
     };
-    let file = c._dir.path().join("job.json");
+    let file = c.dir.path().join("job.json");
     std::fs::write(&file, job("ok", ""))?;
     c.kubectl(&["create", "-f", file.to_str().context("path")?])?;
     c.kubectl_async(&[

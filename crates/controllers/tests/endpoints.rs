@@ -4,12 +4,13 @@
 //! sees with real kubectl, and how fast a readiness change reaches them.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{Context, Result, bail};
+use common::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::api::{Patch, PatchParams};
@@ -17,51 +18,12 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-struct Cluster {
-    kubeconfig: PathBuf,
-    client: kube::Client,
-    dir: tempfile::TempDir,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 async fn cluster() -> Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let store = skiff_store::open(&skiff_store::StoreConfig {
-        data_dir: dir.path().join("db"),
-        ..Default::default()
-    })
-    .await?;
-    let server = skiff_apiserver::Server::bind(
-        skiff_apiserver::ServerConfig {
-            data_dir: dir.path().to_path_buf(),
-            https_listen_port: 0,
-            ..Default::default()
-        },
-        store,
-    )
-    .await?;
-    let kubeconfig = server.kubeconfig_path().to_path_buf();
-    let mut tasks = vec![tokio::spawn(server.serve(std::future::pending()))];
-    let client = skiff_client::client_from_kubeconfig(&kubeconfig).await?;
-    tasks.push(tokio::spawn(skiff_controllers::run(
-        client.clone(),
+    Cluster::start(
         skiff_controllers::ControllerConfig::default(),
-    )));
-    tasks.push(tokio::spawn(fake_node_agent(client.clone())));
-    Ok(Cluster {
-        kubeconfig,
-        client,
-        dir,
-        tasks,
-    })
+        fake_node_agent,
+    )
+    .await
 }
 
 /// Marks every pod that is not being deleted Running and Ready with an IP
@@ -110,76 +72,6 @@ async fn fake_node_agent(client: kube::Client) {
                 &Patch::Merge(&status),
             )
             .await;
-    }
-}
-
-impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("/usr/bin/kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn kubectl_async(&self, args: &[&str]) -> Result<String> {
-        let kubeconfig = self.kubeconfig.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new("/usr/bin/kubectl")
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(&args)
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "kubectl {args:?} failed: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        })
-        .await?
-    }
-
-    /// Polls `kubectl get … -o jsonpath` until it prints `want`.
-    async fn wait_for(&self, args: &[&str], want: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut last = String::new();
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(out) = self.kubectl_async(args).await {
-                if out.trim() == want {
-                    return Ok(());
-                }
-                last = out;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        bail!("kubectl {args:?} printed {last:?}, not {want:?}, within 60 s")
-    }
-
-    /// Polls until `kubectl get <what>` says NotFound.
-    async fn wait_gone(&self, what: &[&str]) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            let mut args = vec!["get"];
-            args.extend_from_slice(what);
-            match self.kubectl_async(&args).await {
-                Err(e) if e.to_string().contains("NotFound") => return Ok(()),
-                _ => tokio::time::sleep(Duration::from_millis(300)).await,
-            }
-        }
-        bail!("{what:?} still there after 30 s")
     }
 }
 
