@@ -38,6 +38,7 @@ pub mod scale;
 pub mod selector;
 pub mod serve;
 pub mod validation;
+pub mod watchcache;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -116,6 +117,7 @@ struct StateInner {
     token: Option<String>,
     server_address: String,
     metrics: Arc<metrics::Metrics>,
+    watch_caches: watchcache::WatchCaches,
 }
 
 impl AppState {
@@ -127,6 +129,7 @@ impl AppState {
                 token,
                 server_address,
                 metrics: Arc::default(),
+                watch_caches: Default::default(),
             }),
         }
     }
@@ -137,6 +140,21 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Arc<metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    pub(crate) fn watch_caches(&self) -> &watchcache::WatchCaches {
+        &self.inner.watch_caches
+    }
+
+    /// Builds the watch cache of every resource now, as Kubernetes does at
+    /// start, so that watches from any revision after this moment are
+    /// served from memory. A cache that fails is built again on its next use.
+    pub async fn start_watch_caches(&self) {
+        for def in resources::RESOURCES {
+            if let Err(e) = self.inner.watch_caches.get(&self.inner.store, def).await {
+                tracing::warn!(resource = def.plural, error = %e, "watch cache not started");
+            }
+        }
     }
 
     pub(crate) fn token(&self) -> Option<&str> {
@@ -422,6 +440,7 @@ impl Server {
         registry::ensure_system_namespaces(&state)
             .await
             .map_err(ServerError::Bootstrap)?;
+        state.start_watch_caches().await;
 
         let kubeconfig = pki::admin_kubeconfig(&pki, &format!("https://{advertised}"));
         let kubeconfig_path = config.data_dir.join("cred").join("admin.kubeconfig");

@@ -138,6 +138,26 @@ impl WatchEncoder {
         line.push(b'\n');
         Bytes::from(line)
     }
+
+    /// One JSON line for an object of the watch cache: plain objects reuse
+    /// the cache's serialisation, shared by every watcher.
+    pub fn encode_cached(
+        &mut self,
+        kind: &str,
+        object: &crate::watchcache::CachedObject,
+    ) -> crate::error::ApiResult<Bytes> {
+        if self.output != Output::Object {
+            return Ok(self.encode(kind, object.to_value(self.def)?));
+        }
+        let json = object.presented_json(self.def)?;
+        let mut line = Vec::with_capacity(json.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&json);
+        line.extend_from_slice(b"}\n");
+        Ok(Bytes::from(line))
+    }
 }
 
 #[cfg(test)]

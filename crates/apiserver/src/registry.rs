@@ -1141,13 +1141,32 @@ const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to di
 
 pub async fn list(
     state: &AppState,
-    def: &ResourceDef,
+    def: &'static ResourceDef,
     ns: Option<&str>,
     params: &Params,
 ) -> ApiResult<Value> {
     crate::listoptions::validate(params)?;
     let selectors = params.selectors(def)?;
     let prefix = def.key_prefix(ns);
+    // `resourceVersion=0`: any recent state will do, so it comes from the
+    // watch cache (and, as in Kubernetes, without paging).
+    if params.resource_version.as_deref() == Some("0")
+        && params.resource_version_match.as_deref() != Some("Exact")
+        && params.continue_token.as_deref().is_none_or(str::is_empty)
+        && let Ok(cache) = state.watch_caches().get(state.store(), def).await
+    {
+        let (revision, objects) = cache.snapshot(&prefix, &selectors)?;
+        let items = objects
+            .iter()
+            .map(|o| o.to_value(def))
+            .collect::<ApiResult<Vec<_>>>()?;
+        return Ok(json!({
+            "kind": def.list_kind(),
+            "apiVersion": def.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()},
+            "items": items,
+        }));
+    }
     let limit = params.limit.filter(|l| *l > 0).map(|l| l as usize);
     let (mut revision, mut after) = match params.continue_token.as_deref().filter(|t| !t.is_empty())
     {
@@ -1252,7 +1271,9 @@ pub async fn list(
 type WatchEvent = (&'static str, Value);
 
 /// A watch: ADDED for the current state first when no (or `"0"`)
-/// resourceVersion is given, then every change, as JSON lines.
+/// resourceVersion is given, then every change, as JSON lines. Served from
+/// the watch cache when it covers the starting revision, else straight from
+/// the store (which answers 410 for compacted revisions).
 async fn watch(
     state: &AppState,
     def: &'static ResourceDef,
@@ -1267,17 +1288,59 @@ async fn watch(
         .timeout_seconds
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+    let spec = WatchSpec {
+        def,
+        prefix,
+        selectors,
+        output,
+        timeout,
+        bookmarks: params.allow_watch_bookmarks == Some(true),
+    };
+    let start = crate::listoptions::watch_start(params)?;
+    let cache = match state.watch_caches().get(state.store(), def).await {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::debug!(resource = def.plural, error = %e, "watch served by the store");
+            None
+        }
+    };
+    let watching = state
+        .metrics()
+        .watch_started(def.group, def.version, def.plural);
+    if let Some(cache) = cache {
+        let from_cache = match start {
+            crate::listoptions::WatchStart::Replay {
+                end_bookmark,
+                not_older_than,
+            } if not_older_than.is_none_or(|rv| rv <= cache.latest()) => {
+                let (rev, items) = cache.snapshot(&spec.prefix, &spec.selectors)?;
+                Some((rev, items, end_bookmark))
+            }
+            crate::listoptions::WatchStart::Now => Some((cache.latest(), Vec::new(), false)),
+            crate::listoptions::WatchStart::After(rv) if cache.covers(rv) => {
+                Some((rv, Vec::new(), false))
+            }
+            _ => None,
+        };
+        if let Some((rev, initial, end_bookmark)) = from_cache {
+            let (tx, rx) = watch_channel();
+            tokio::spawn(async move {
+                let _watching = watching;
+                watch_cache_loop(spec, cache, rev, initial, end_bookmark, tx).await;
+            });
+            return Ok(watch_response(rx));
+        }
+    }
     let store = state.store().clone();
-
     let mut initial = Vec::new();
     let mut end_bookmark = false;
-    let start = match crate::listoptions::watch_start(params)? {
+    let start = match start {
         crate::listoptions::WatchStart::Replay {
             end_bookmark: end,
             not_older_than,
         } => {
             end_bookmark = end;
-            let page = store.list(&prefix, ListOptions::default()).await?;
+            let page = store.list(&spec.prefix, ListOptions::default()).await?;
             if let Some(requested) = not_older_than.filter(|rv| *rv > page.revision) {
                 return Err(ApiError::TooLargeResourceVersion {
                     requested,
@@ -1286,7 +1349,7 @@ async fn watch(
             }
             for kv in &page.items {
                 let obj = present_kv(def, kv)?;
-                if selectors.matches(&obj) {
+                if spec.selectors.matches(&obj) {
                     initial.push(("ADDED", obj));
                 }
             }
@@ -1295,32 +1358,15 @@ async fn watch(
         crate::listoptions::WatchStart::Now => store.current_revision().await?,
         crate::listoptions::WatchStart::After(rv) => rv,
     };
-    let bookmarks = params.allow_watch_bookmarks == Some(true);
-    let bookmark = move |rv: Revision, end: bool| {
-        let mut obj = json!({
-            "kind": def.kind,
-            "apiVersion": def.api_version(),
-            "metadata": {"resourceVersion": rv.to_string()},
-        });
-        if end {
-            obj["metadata"]["annotations"] =
-                json!({crate::listoptions::INITIAL_EVENTS_END: "true"});
-        }
-        obj
-    };
-
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    let (tx, rx) = watch_channel();
     // Opening the store watch before answering lets a compacted revision
     // still be reported inside a 200 stream, as Kubernetes does.
-    let opened = store.watch(&prefix, start).await;
-    let watching = state
-        .metrics()
-        .watch_started(def.group, def.version, def.plural);
+    let opened = store.watch(&spec.prefix, start).await;
     tokio::spawn(async move {
         let _watching = watching;
-        let deadline = tokio::time::sleep(timeout);
+        let deadline = tokio::time::sleep(spec.timeout);
         tokio::pin!(deadline);
-        let mut encoder = WatchEncoder::new(def, output);
+        let mut encoder = WatchEncoder::new(def, spec.output);
         for (kind, obj) in initial {
             if tx.send(Ok(encoder.encode(kind, obj))).await.is_err() {
                 return;
@@ -1328,7 +1374,7 @@ async fn watch(
         }
         if end_bookmark
             && tx
-                .send(Ok(encoder.encode("BOOKMARK", bookmark(start, true))))
+                .send(Ok(encoder.encode("BOOKMARK", spec.bookmark(start, true))))
                 .await
                 .is_err()
         {
@@ -1337,10 +1383,7 @@ async fn watch(
         // Every change up to `seen` has been delivered (or filtered out).
         let mut seen = start;
         let mut sent_since_tick = false;
-        let mut ticks = tokio::time::interval_at(
-            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
-            BOOKMARK_INTERVAL,
-        );
+        let mut ticks = bookmark_ticks();
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
@@ -1352,10 +1395,10 @@ async fn watch(
             let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
-                _ = ticks.tick(), if bookmarks => {
+                _ = ticks.tick(), if spec.bookmarks => {
                     if !sent_since_tick
                         && tx
-                            .send(Ok(encoder.encode("BOOKMARK", bookmark(seen, false))))
+                            .send(Ok(encoder.encode("BOOKMARK", spec.bookmark(seen, false))))
                             .await
                             .is_err()
                     {
@@ -1375,7 +1418,7 @@ async fn watch(
                 Some(Ok(ev)) => ev,
             };
             seen = seen.max(event.revision);
-            let lines = match translate(def, &selectors, &event) {
+            let lines = match translate(def, &spec.selectors, &event) {
                 Ok(lines) => lines,
                 Err(e) => {
                     let _ = tx.send(Ok(encoder.encode("ERROR", e.status()))).await;
@@ -1390,13 +1433,138 @@ async fn watch(
             }
         }
     });
+    Ok(watch_response(rx))
+}
+
+/// What one watch asked for.
+struct WatchSpec {
+    def: &'static ResourceDef,
+    prefix: String,
+    selectors: Selectors,
+    output: Output,
+    timeout: Duration,
+    bookmarks: bool,
+}
+
+impl WatchSpec {
+    fn bookmark(&self, rv: Revision, end: bool) -> Value {
+        let mut obj = json!({
+            "kind": self.def.kind,
+            "apiVersion": self.def.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()},
+        });
+        if end {
+            obj["metadata"]["annotations"] =
+                json!({crate::listoptions::INITIAL_EVENTS_END: "true"});
+        }
+        obj
+    }
+}
+
+type WatchTx = tokio::sync::mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
+type WatchRx = tokio::sync::mpsc::Receiver<Result<Bytes, std::convert::Infallible>>;
+
+fn watch_channel() -> (WatchTx, WatchRx) {
+    tokio::sync::mpsc::channel(64)
+}
+
+fn bookmark_ticks() -> tokio::time::Interval {
+    tokio::time::interval_at(
+        tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+        BOOKMARK_INTERVAL,
+    )
+}
+
+fn watch_response(rx: WatchRx) -> Response {
     let body = Body::from_stream(tokio_stream_wrapper(rx));
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
-        .unwrap_or_else(|_| ApiError::Internal("building watch response".into()).into_response()))
+        .unwrap_or_else(|_| ApiError::Internal("building watch response".into()).into_response())
+}
+
+/// A watcher of the watch cache: a cursor into its event window. Ends when
+/// the client goes, the timeout passes, or the cursor falls out of the
+/// window (the client then re-watches from its last revision).
+async fn watch_cache_loop(
+    spec: WatchSpec,
+    cache: std::sync::Arc<crate::watchcache::ResourceCache>,
+    start: Revision,
+    initial: Vec<std::sync::Arc<crate::watchcache::CachedObject>>,
+    end_bookmark: bool,
+    tx: WatchTx,
+) {
+    use crate::watchcache::Read;
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline);
+    let mut encoder = WatchEncoder::new(spec.def, spec.output);
+    let mut progress = cache.subscribe();
+    for obj in initial {
+        let line = match encoder.encode_cached("ADDED", &obj) {
+            Ok(line) => line,
+            Err(e) => encoder.encode("ERROR", e.status()),
+        };
+        if tx.send(Ok(line)).await.is_err() {
+            return;
+        }
+    }
+    if end_bookmark
+        && tx
+            .send(Ok(encoder.encode("BOOKMARK", spec.bookmark(start, true))))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let mut cursor = start;
+    let mut sent_since_tick = false;
+    let mut ticks = bookmark_ticks();
+    loop {
+        match cache.read_after(cursor) {
+            Read::Events(events) => {
+                for event in events {
+                    cursor = event.revision;
+                    let Some((kind, obj)) = event.for_watcher(&spec.prefix, &spec.selectors) else {
+                        continue;
+                    };
+                    let line = match encoder.encode_cached(kind, obj) {
+                        Ok(line) => line,
+                        Err(e) => {
+                            let _ = tx.send(Ok(encoder.encode("ERROR", e.status()))).await;
+                            return;
+                        }
+                    };
+                    sent_since_tick = true;
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Read::TooOld | Read::Failed => return,
+        }
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = ticks.tick(), if spec.bookmarks => {
+                if !sent_since_tick
+                    && tx
+                        .send(Ok(encoder.encode("BOOKMARK", spec.bookmark(cursor, false))))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                sent_since_tick = false;
+            }
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn tokio_stream_wrapper<T: Send + 'static>(

@@ -399,6 +399,39 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// What selectors look at in an object, extracted once (the watch cache
+/// keeps these beside each object instead of the parsed object).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.name`, `metadata.namespace` and the kind's extra fields.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Attrs {
+    pub fn of(def: &ResourceDef, obj: &Value) -> Attrs {
+        let mut fields = Vec::with_capacity(2 + extra_fields(def).len());
+        for field in ["metadata.name", "metadata.namespace"]
+            .iter()
+            .chain(extra_fields(def))
+        {
+            fields.push((*field, field_value(obj, field)));
+        }
+        Attrs {
+            labels: labels_of(obj),
+            fields,
+        }
+    }
+
+    fn field(&self, name: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+}
+
 /// Label and field selector together.
 #[derive(Debug, Clone, Default)]
 pub struct Selectors {
@@ -410,6 +443,20 @@ impl Selectors {
     pub fn matches(&self, obj: &Value) -> bool {
         (self.labels.is_empty() || self.labels.matches(&labels_of(obj)))
             && (self.fields.is_empty() || self.fields.matches(obj))
+    }
+
+    /// The same answer as [`Selectors::matches`] from extracted [`Attrs`].
+    pub fn matches_attrs(&self, attrs: &Attrs) -> bool {
+        (self.labels.is_empty() || self.labels.matches(&attrs.labels))
+            && self
+                .fields
+                .requirements
+                .iter()
+                .all(|r| (attrs.field(&r.field) == r.value) == r.equals)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
     }
 }
 

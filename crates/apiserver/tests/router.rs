@@ -1280,3 +1280,146 @@ async fn streaming_watch_ends_initial_events_with_a_bookmark_and_bookmarks_when_
     ensure!(status == StatusCode::UNPROCESSABLE_ENTITY, "{doc}");
     Ok(())
 }
+
+/// A store that counts the watches opened on it.
+struct CountingStore {
+    inner: Arc<dyn skiff_store::Store>,
+    watches: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl skiff_store::Store for CountingStore {
+    async fn get(&self, key: &str) -> skiff_store::Result<Option<skiff_store::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        opts: skiff_store::ListOptions,
+    ) -> skiff_store::Result<skiff_store::ListResult> {
+        self.inner.list(prefix, opts).await
+    }
+    async fn count(&self, prefix: &str) -> skiff_store::Result<i64> {
+        self.inner.count(prefix).await
+    }
+    async fn create(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        opts: skiff_store::PutOptions,
+    ) -> skiff_store::Result<skiff_store::KeyValue> {
+        self.inner.create(key, value, opts).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        expected: skiff_store::Revision,
+        opts: skiff_store::PutOptions,
+    ) -> skiff_store::Result<skiff_store::KeyValue> {
+        self.inner.update(key, value, expected, opts).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<skiff_store::Revision>,
+    ) -> skiff_store::Result<skiff_store::Deleted> {
+        self.inner.delete(key, expected).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: skiff_store::Revision,
+    ) -> skiff_store::Result<skiff_store::WatchStream> {
+        self.watches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.watch(prefix, after).await
+    }
+    async fn current_revision(&self) -> skiff_store::Result<skiff_store::Revision> {
+        self.inner.current_revision().await
+    }
+    async fn compact(&self, revision: skiff_store::Revision) -> skiff_store::Result<()> {
+        self.inner.compact(revision).await
+    }
+    fn backend_name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+#[tokio::test]
+async fn many_watchers_share_one_store_watch_and_each_sees_every_matching_change()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let inner = skiff_store::open(&StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .await?;
+    let store = Arc::new(CountingStore {
+        inner,
+        watches: Default::default(),
+    });
+    let state = AppState::new(store.clone(), Some(TOKEN.into()), "127.0.0.1:6443".into());
+    skiff_apiserver::registry::ensure_system_namespaces(&state).await?;
+    state.start_watch_caches().await;
+    let started = store.watches.load(std::sync::atomic::Ordering::SeqCst);
+    let app = app(state);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, created) = call_json(&app, "POST", cms, Some(configmap("first", json!({})))).await?;
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .to_string();
+
+    // 200 watchers from the first object's revision, half of them selecting
+    // only `app=web`.
+    let mut watchers = Vec::new();
+    for i in 0..200 {
+        let selector = if i % 2 == 0 {
+            "&labelSelector=app%3Dweb"
+        } else {
+            ""
+        };
+        let uri = format!("{cms}?watch=1&resourceVersion={rv}&timeoutSeconds=2{selector}");
+        let app = app.clone();
+        watchers.push(tokio::spawn(async move {
+            call(&app, "GET", &uri, &[AUTH], vec![]).await
+        }));
+    }
+    call_json(
+        &app,
+        "POST",
+        cms,
+        Some(configmap("web", json!({"app": "web"}))),
+    )
+    .await?;
+    call_json(
+        &app,
+        "POST",
+        cms,
+        Some(configmap("db", json!({"app": "db"}))),
+    )
+    .await?;
+    for (i, w) in watchers.into_iter().enumerate() {
+        let (status, _, body) = w.await??;
+        ensure!(status == StatusCode::OK);
+        let names: Vec<String> = String::from_utf8(body)?
+            .lines()
+            .map(serde_json::from_str::<Value>)
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .filter_map(|e| e["object"]["metadata"]["name"].as_str().map(String::from))
+            .collect();
+        let want: &[&str] = if i % 2 == 0 { &["web"] } else { &["web", "db"] };
+        ensure!(names == want, "watcher {i} saw {names:?}");
+    }
+    let watches = store.watches.load(std::sync::atomic::Ordering::SeqCst) - started;
+    ensure!(watches == 0, "{watches} more store watches for 200 watchers");
+
+    // resourceVersion=0 lists come from the same cache.
+    let (_, list) = call_json(&app, "GET", &format!("{cms}?resourceVersion=0"), None).await?;
+    let n = list["items"].as_array().map(Vec::len).unwrap_or_default();
+    ensure!(n == 3, "{list}");
+    ensure!(store.watches.load(std::sync::atomic::Ordering::SeqCst) == started);
+    Ok(())
+}
