@@ -3,7 +3,7 @@
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 
-PACKAGES=(etcd-server etcd-client)
+PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

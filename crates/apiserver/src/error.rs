@@ -93,6 +93,15 @@ pub enum ApiError {
         detail: String,
     },
 
+    /// A server-side apply that would change fields other managers own.
+    #[error("{}", apply_conflict_message(.conflicts))]
+    ApplyConflict {
+        resource: GroupResource,
+        name: String,
+        /// (manager, field path) pairs.
+        conflicts: Vec<(String, String)>,
+    },
+
     #[error("{}", invalid_message(.kind, .group, .name, .causes))]
     Invalid {
         kind: String,
@@ -162,6 +171,34 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Kubernetes' form: `Apply failed with 1 conflict: conflict with "m": .spec.x`.
+fn apply_conflict_message(conflicts: &[(String, String)]) -> String {
+    let n = conflicts.len();
+    let plural = if n == 1 { "" } else { "s" };
+    let mut by_manager: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (manager, field) in conflicts {
+        match by_manager.iter_mut().find(|(m, _)| m == manager) {
+            Some((_, fields)) => fields.push(field),
+            None => by_manager.push((manager, vec![field])),
+        }
+    }
+    let parts: Vec<String> = by_manager
+        .iter()
+        .map(|(manager, fields)| {
+            if fields.len() == 1 {
+                format!("conflict with {manager:?}: {}", fields[0])
+            } else {
+                let list: Vec<String> = fields.iter().map(|f| format!("- {f}")).collect();
+                format!("conflicts with {manager:?}:\n{}", list.join("\n"))
+            }
+        })
+        .collect();
+    format!(
+        "Apply failed with {n} conflict{plural}: {}",
+        parts.join("\n")
+    )
+}
+
 fn invalid_message(kind: &str, group: &str, name: &str, causes: &[FieldError]) -> String {
     let qualified = if group.is_empty() {
         kind.to_string()
@@ -192,7 +229,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden { .. } | ApiError::NamespaceTerminating { .. } => {
                 StatusCode::FORBIDDEN
@@ -214,7 +253,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::UnknownPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::Forbidden { .. } | ApiError::NamespaceTerminating { .. } => "Forbidden",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
@@ -249,6 +288,20 @@ impl ApiError {
                 "name": name,
                 "group": resource.group,
                 "kind": resource.resource,
+            })),
+            ApiError::ApplyConflict {
+                resource,
+                name,
+                conflicts,
+            } => Some(json!({
+                "name": name,
+                "group": resource.group,
+                "kind": resource.resource,
+                "causes": conflicts.iter().map(|(manager, field)| json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {manager:?}"),
+                    "field": field,
+                })).collect::<Vec<_>>(),
             })),
             ApiError::Invalid {
                 kind,

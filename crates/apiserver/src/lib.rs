@@ -37,6 +37,7 @@ pub mod resources;
 pub mod scale;
 pub mod selector;
 pub mod serve;
+pub mod ssa;
 pub mod validation;
 pub mod watchcache;
 

@@ -79,7 +79,7 @@ pub fn apply(ty: PatchType, target: &Value, patch: &[u8]) -> Result<Value, Patch
 
 /// The merge key of list field `field` whose elements look like `sample`,
 /// from Kubernetes' `patchMergeKey` tags.
-fn merge_key(field: &str, sample: &Map<String, Value>) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, sample: &Map<String, Value>) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"
@@ -107,7 +107,7 @@ fn merge_key(field: &str, sample: &Map<String, Value>) -> Option<&'static str> {
 }
 
 /// Lists of scalars that strategic merge unions instead of replacing.
-fn is_merged_primitive_list(field: &str) -> bool {
+pub(crate) fn is_merged_primitive_list(field: &str) -> bool {
     field == "finalizers"
 }
 

@@ -22,6 +22,7 @@ use crate::patch::{self, PatchType};
 use crate::resources::{self, ResourceDef, Subresource};
 use crate::scale;
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::ssa;
 use crate::validation;
 
 /// The detail of a 409 on a stale `resourceVersion`.
@@ -76,6 +77,10 @@ pub struct Params {
     pub grace_period_seconds: Option<i64>,
     pub propagation_policy: Option<String>,
     pub orphan_dependents: Option<bool>,
+    /// Who is writing (`managedFields`); required for server-side apply.
+    pub field_manager: Option<String>,
+    /// Server-side apply: take over conflicting fields.
+    pub force: Option<bool>,
 }
 
 impl Params {
@@ -166,7 +171,16 @@ pub async fn handle(
             let body = read_body(headers, body).await?;
             let mut obj = decode_object(def, headers, &body)?;
             let warnings = fieldvalidation::check(def, &mut obj, validation, Decoding::Body)?;
-            let created = create(state, def, ns, obj, params.dry_run()?).await?;
+            let manager = field_manager(&params, headers)?;
+            let created = create(
+                state,
+                def,
+                ns,
+                obj,
+                params.dry_run()?,
+                Ownership::Update(&manager),
+            )
+            .await?;
             let mut response = crate::json_response(StatusCode::CREATED, &created);
             fieldvalidation::add_warnings(&mut response, &warnings);
             Ok(response)
@@ -176,8 +190,18 @@ pub async fn handle(
             let body = read_body(headers, body).await?;
             let mut obj = decode_object(def, headers, &body)?;
             let warnings = fieldvalidation::check(def, &mut obj, validation, Decoding::Body)?;
-            let updated =
-                update(state, def, ns, &name, subresource, obj, params.dry_run()?).await?;
+            let manager = field_manager(&params, headers)?;
+            let updated = update(
+                state,
+                def,
+                ns,
+                &name,
+                subresource,
+                obj,
+                params.dry_run()?,
+                &manager,
+            )
+            .await?;
             let mut response = ok(updated);
             fieldvalidation::add_warnings(&mut response, &warnings);
             Ok(response)
@@ -187,13 +211,45 @@ pub async fn handle(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
+            let validation = FieldValidation::parse(params.field_validation.as_deref())?;
+            if content_type.split(';').next().map(str::trim) == Some(APPLY_PATCH) {
+                let body = read_body(headers, body).await?;
+                let manager = params
+                    .field_manager
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into(),
+                        )
+                    })?;
+                field_manager(&params, headers)?;
+                let (applied, warnings) = apply_patch(
+                    state,
+                    def,
+                    ns,
+                    &name,
+                    subresource,
+                    ApplyRequest {
+                        body: &body,
+                        validation,
+                        dry_run: params.dry_run()?,
+                        manager,
+                        force: params.force == Some(true),
+                    },
+                )
+                .await?;
+                let mut response = ok(applied);
+                fieldvalidation::add_warnings(&mut response, &warnings);
+                return Ok(response);
+            }
             let Some(ty) = PatchType::from_content_type(content_type) else {
                 return Err(ApiError::UnsupportedMediaType(format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type:?}"
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml; got {content_type:?}"
                 )));
             };
-            let validation = FieldValidation::parse(params.field_validation.as_deref())?;
             let body = read_body(headers, body).await?;
+            let manager = field_manager(&params, headers)?;
             let (patched, warnings) = patch(
                 state,
                 def,
@@ -205,6 +261,7 @@ pub async fn handle(
                     body: &body,
                     validation,
                     dry_run: params.dry_run()?,
+                    manager: &manager,
                 },
             )
             .await?;
@@ -241,6 +298,7 @@ async fn scale_request(
     body: Body,
 ) -> ApiResult<Response> {
     let key = key_of(def, ns, name);
+    let manager = field_manager(params, headers)?;
     match method.as_str() {
         "GET" => Ok(ok(scale::to_scale(def, &get(state, def, ns, name).await?))),
         "PUT" => {
@@ -271,7 +329,7 @@ async fn scale_request(
                 if precondition.is_some_and(|rv| rv != current.mod_revision) {
                     return Err(conflict(def, name, MODIFIED));
                 }
-                match write_replicas(state, def, &current, replicas, dry_run).await? {
+                match write_replicas(state, def, &current, replicas, dry_run, &manager).await? {
                     Write::Done(v) => return Ok(ok(scale::to_scale(def, &v))),
                     Write::Retry if precondition.is_some() => {
                         return Err(conflict(def, name, MODIFIED));
@@ -310,7 +368,7 @@ async fn scale_request(
                     return Err(conflict(def, name, MODIFIED));
                 }
                 let replicas = scale::requested_replicas(name, &patched)?;
-                match write_replicas(state, def, &current, replicas, dry_run).await? {
+                match write_replicas(state, def, &current, replicas, dry_run, &manager).await? {
                     Write::Done(v) => return Ok(ok(scale::to_scale(def, &v))),
                     Write::Retry => continue,
                 }
@@ -327,6 +385,7 @@ async fn write_replicas(
     current: &KeyValue,
     replicas: i64,
     dry_run: bool,
+    manager: &str,
 ) -> ApiResult<Write> {
     let old = present_kv(def, current)?;
     let mut new = old.clone();
@@ -336,7 +395,17 @@ async fn write_replicas(
             spec.insert("replicas".into(), json!(replicas));
         }
     }
-    commit_update(state, def, current, &old, new, None, dry_run).await
+    commit_update(
+        state,
+        def,
+        current,
+        &old,
+        new,
+        Some(Subresource::Scale),
+        dry_run,
+        Ownership::Update(manager),
+    )
+    .await
 }
 
 pub(crate) fn ok(v: Value) -> Response {
@@ -573,6 +642,7 @@ pub async fn create(
     ns: Option<&str>,
     mut obj: Value,
     dry_run: bool,
+    ownership: Ownership<'_>,
 ) -> ApiResult<Value> {
     // Namespace: from the URL; the object's must agree.
     if def.namespaced {
@@ -629,12 +699,12 @@ pub async fn create(
             "selfLink",
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
-            "managedFields",
         ] {
             m.remove(field);
         }
     }
     apply_defaults(def, &mut obj);
+    ownership.record(def, None, &mut obj, None);
     if def.namespaced {
         crate::namespaces::admit_create(state, def, ns.unwrap_or_default(), &name).await?;
     }
@@ -768,6 +838,7 @@ enum Write {
 /// fields kept from `old`, status or spec kept depending on `sub`, generation
 /// bumped on spec changes, then validated and written conditionally on
 /// `current`'s revision.
+#[allow(clippy::too_many_arguments)]
 async fn commit_update(
     state: &AppState,
     def: &ResourceDef,
@@ -776,6 +847,7 @@ async fn commit_update(
     mut new: Value,
     sub: Option<Subresource>,
     dry_run: bool,
+    ownership: Ownership<'_>,
 ) -> ApiResult<Write> {
     let name = meta(old, "name").unwrap_or_default();
     if meta(&new, "name").is_some_and(|n| n != name) {
@@ -845,6 +917,8 @@ async fn commit_update(
     if !errors.is_empty() {
         return Err(invalid(def, &name, errors));
     }
+    let mut new_obj = new_obj;
+    ownership.record(def, Some(old), &mut new_obj, sub);
     let new_bytes = encode(&new_obj)?;
     let old_bytes = encode(old)?;
     let unchanged = serde_json::from_slice::<Value>(&new_bytes).ok()
@@ -903,6 +977,7 @@ fn parse_resource_version(def: &ResourceDef, name: &str, rv: &str) -> ApiResult<
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     state: &AppState,
     def: &ResourceDef,
@@ -911,6 +986,7 @@ pub async fn update(
     sub: Option<Subresource>,
     obj: Value,
     dry_run: bool,
+    manager: &str,
 ) -> ApiResult<Value> {
     if meta(&obj, "name").is_some_and(|n| n != name) {
         return Err(ApiError::BadRequest(format!(
@@ -933,12 +1009,93 @@ pub async fn update(
             return Err(conflict(def, name, MODIFIED));
         }
         let old = present_kv(def, &current)?;
-        match commit_update(state, def, &current, &old, obj.clone(), sub, dry_run).await? {
+        let ownership = Ownership::Update(manager);
+        match commit_update(
+            state,
+            def,
+            &current,
+            &old,
+            obj.clone(),
+            sub,
+            dry_run,
+            ownership,
+        )
+        .await?
+        {
             Write::Done(v) => return Ok(v),
             Write::Retry if precondition.is_some() => return Err(conflict(def, name, MODIFIED)),
             Write::Retry => continue,
         }
     }
+}
+
+/// How a write records field ownership (`metadata.managedFields`).
+#[derive(Debug, Clone, Copy)]
+pub enum Ownership<'a> {
+    /// An ordinary write by this manager: it owns the fields it changed.
+    Update(&'a str),
+    /// A server-side apply already computed the managed fields.
+    Applied,
+}
+
+impl Ownership<'_> {
+    fn record(
+        &self,
+        def: &ResourceDef,
+        old: Option<&Value>,
+        new: &mut Value,
+        sub: Option<Subresource>,
+    ) {
+        let Ownership::Update(manager) = *self else {
+            return;
+        };
+        let entries = old.map(ssa::managed_fields).unwrap_or_default();
+        let api_version = def.api_version();
+        let now = now_rfc3339();
+        let subresource = match sub {
+            Some(Subresource::Status) => "status",
+            Some(Subresource::Scale) => "scale",
+            _ => "",
+        };
+        let m = ssa::Manager {
+            name: manager,
+            api_version: &api_version,
+            subresource,
+            now: &now,
+        };
+        let ignore_status = sub.is_none() && def.has_subresource(Subresource::Status);
+        let entries = ssa::track_update(old, new, entries, &m, ignore_status);
+        ssa::set_managed_fields(new, &entries);
+    }
+}
+
+/// The manager of a write: `fieldManager`, else the client's user agent up
+/// to its first `/`, as Kubernetes derives it.
+pub(crate) fn field_manager(params: &Params, headers: &HeaderMap) -> ApiResult<String> {
+    if let Some(m) = params.field_manager.as_deref().filter(|m| !m.is_empty()) {
+        if m.len() > 128 {
+            return Err(ApiError::BadRequest(
+                "fieldManager: Too long: may not be more than 128 bytes".into(),
+            ));
+        }
+        return Ok(m.to_string());
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let name: String = agent
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(128)
+        .collect();
+    Ok(if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    })
 }
 
 /// A patch and how to apply it.
@@ -948,6 +1105,7 @@ pub struct PatchRequest<'a> {
     pub body: &'a [u8],
     pub validation: FieldValidation,
     pub dry_run: bool,
+    pub manager: &'a str,
 }
 
 /// Patches an object; returns it with the unknown-field warnings.
@@ -964,6 +1122,7 @@ pub async fn patch(
         body,
         validation,
         dry_run,
+        manager,
     } = req;
     let key = key_of(def, ns, name);
     loop {
@@ -1005,7 +1164,115 @@ pub async fn patch(
                 _ => {}
             }
         }
-        match commit_update(state, def, &current, &old, patched, sub, dry_run).await? {
+        let ownership = Ownership::Update(manager);
+        match commit_update(state, def, &current, &old, patched, sub, dry_run, ownership).await? {
+            Write::Done(v) => return Ok((v, warnings)),
+            Write::Retry => continue,
+        }
+    }
+}
+
+/// The media type of server-side apply.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// A server-side apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyRequest<'a> {
+    /// The applied configuration, YAML or JSON.
+    pub body: &'a [u8],
+    pub validation: FieldValidation,
+    pub dry_run: bool,
+    pub manager: &'a str,
+    pub force: bool,
+}
+
+/// Server-side apply: creates the object from the configuration or merges
+/// the configuration into it, with field ownership and conflicts
+/// ([`crate::ssa`]).
+pub async fn apply_patch(
+    state: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<Subresource>,
+    req: ApplyRequest<'_>,
+) -> ApiResult<(Value, Vec<String>)> {
+    let mut config: Value = match serde_json::from_slice(req.body) {
+        Ok(v) => v,
+        Err(_) => serde_yaml::from_slice(req.body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?,
+    };
+    if !config.is_object() {
+        return Err(ApiError::BadRequest(
+            "the applied configuration is not an object".into(),
+        ));
+    }
+    check_type_meta(def, &config)?;
+    if meta(&config, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta(&config, "name").unwrap_or_default()
+        )));
+    }
+    let warnings = fieldvalidation::check(def, &mut config, req.validation, Decoding::Patch)?;
+    let api_version = def.api_version();
+    let subresource = if sub == Some(Subresource::Status) {
+        "status"
+    } else {
+        ""
+    };
+    let key = key_of(def, ns, name);
+    loop {
+        let now = now_rfc3339();
+        let manager = ssa::Manager {
+            name: req.manager,
+            api_version: &api_version,
+            subresource,
+            now: &now,
+        };
+        let ignore_status = sub.is_none() && def.has_subresource(Subresource::Status);
+        let conflicts = |conflicts: Vec<ssa::Conflict>| ApiError::ApplyConflict {
+            resource: GroupResource::of(def),
+            name: name.to_string(),
+            conflicts: conflicts
+                .into_iter()
+                .map(|c| (c.manager, c.field))
+                .collect(),
+        };
+        let Some(current) = state.store().get(&key).await? else {
+            if sub.is_some() {
+                return Err(not_found(def, name));
+            }
+            let mut obj =
+                ssa::apply(None, &config, &manager, req.force, ignore_status).map_err(conflicts)?;
+            meta_mut(&mut obj).insert("name".into(), json!(name));
+            match create(state, def, ns, obj, req.dry_run, Ownership::Applied).await {
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                other => return other.map(|v| (v, warnings)),
+            }
+        };
+        let old = present_kv(def, &current)?;
+        // A resourceVersion in the configuration is a precondition.
+        if let Some(rv) = meta(&config, "resourceVersion").filter(|rv| !rv.is_empty())
+            && rv != current.mod_revision.to_string()
+        {
+            parse_resource_version(def, name, &rv)?;
+            return Err(conflict(def, name, MODIFIED));
+        }
+        let merged = ssa::apply(Some(&old), &config, &manager, req.force, ignore_status)
+            .map_err(conflicts)?;
+        match commit_update(
+            state,
+            def,
+            &current,
+            &old,
+            merged,
+            sub,
+            req.dry_run,
+            Ownership::Applied,
+        )
+        .await?
+        {
             Write::Done(v) => return Ok((v, warnings)),
             Write::Retry => continue,
         }
@@ -1622,7 +1889,16 @@ pub async fn ensure_system_namespaces(state: &AppState) -> ApiResult<()> {
     let def = namespaces_def();
     for ns in SYSTEM_NAMESPACES {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        match create(state, def, None, obj, false).await {
+        match create(
+            state,
+            def,
+            None,
+            obj,
+            false,
+            Ownership::Update("skiff-apiserver"),
+        )
+        .await
+        {
             Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
             Err(ApiError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),

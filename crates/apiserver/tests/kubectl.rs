@@ -1028,3 +1028,177 @@ async fn delete_pod_is_graceful_unless_forced_and_cascade_orphan_adds_the_finali
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_tracks_managers_and_reports_conflicts_until_forced() -> anyhow::Result<()>
+{
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    let file = server.write("app.yaml", MANIFEST)?;
+    let file = file.to_str().context("utf-8 path")?;
+    let out = server.ok(&["apply", "--server-side", "-f", file]).await?;
+    ensure!(
+        out.contains("configmap/app-config serverside-applied"),
+        "{out}"
+    );
+    ensure!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+
+    let dep = server
+        .json(&[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "--show-managed-fields",
+        ])
+        .await?;
+    let entries = dep["metadata"]["managedFields"]
+        .as_array()
+        .context("managedFields")?;
+    ensure!(
+        entries
+            .iter()
+            .any(|e| e["manager"] == "kubectl" && e["operation"] == "Apply"),
+        "{entries:?}"
+    );
+    ensure!(dep["spec"]["replicas"] == 2, "{dep}");
+    // Without --show-managed-fields kubectl hides them; the server kept
+    // them and no last-applied annotation was written.
+    ensure!(
+        dep["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_null(),
+        "{dep}"
+    );
+
+    // Another manager takes spec.replicas; re-applying a different value
+    // conflicts and names the field and the manager.
+    server
+        .ok(&["scale", "deployment/web", "-n", "demo", "--replicas=5"])
+        .await?;
+    let err = server
+        .fails(&["apply", "--server-side", "-f", file])
+        .await?;
+    ensure!(err.contains("conflict"), "{err}");
+    ensure!(err.contains(".spec.replicas"), "{err}");
+    let dep = server
+        .json(&["get", "deployment", "web", "-n", "demo"])
+        .await?;
+    ensure!(
+        dep["spec"]["replicas"] == 5,
+        "nothing changes on conflict: {dep}"
+    );
+
+    let out = server
+        .ok(&["apply", "--server-side", "--force-conflicts", "-f", file])
+        .await?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+    let dep = server
+        .json(&["get", "deployment", "web", "-n", "demo"])
+        .await?;
+    ensure!(dep["spec"]["replicas"] == 2, "{dep}");
+
+    // A field dropped from the applied configuration is removed.
+    let smaller = MANIFEST.replace(
+        "        env:\n        - name: MODE\n          value: prod\n",
+        "",
+    );
+    let file2 = server.write("smaller.yaml", &smaller)?;
+    server
+        .ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            file2.to_str().context("utf-8")?,
+        ])
+        .await?;
+    let dep = server
+        .json(&["get", "deployment", "web", "-n", "demo"])
+        .await?;
+    ensure!(
+        dep["spec"]["template"]["spec"]["containers"][0]["env"].is_null(),
+        "{dep}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dry_run_validates_and_answers_without_storing() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    let file = server.write("app.yaml", MANIFEST)?;
+    let file = file.to_str().context("utf-8 path")?;
+    let out = server
+        .ok(&["apply", "--dry-run=server", "-f", file])
+        .await?;
+    ensure!(
+        out.contains("configmap/app-config created (server dry run)"),
+        "{out}"
+    );
+    let err = server
+        .fails(&["get", "configmap", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+
+    server.ok(&["apply", "-f", file]).await?;
+    let out = server
+        .ok(&[
+            "label",
+            "configmap",
+            "app-config",
+            "-n",
+            "demo",
+            "tier=front",
+            "--dry-run=server",
+        ])
+        .await?;
+    ensure!(out.contains("labeled"), "{out}");
+    let cm = server
+        .json(&["get", "configmap", "app-config", "-n", "demo"])
+        .await?;
+    ensure!(cm["metadata"]["labels"]["tier"].is_null(), "{cm}");
+    let out = server
+        .ok(&[
+            "delete",
+            "configmap",
+            "app-config",
+            "-n",
+            "demo",
+            "--dry-run=server",
+        ])
+        .await?;
+    ensure!(out.contains("deleted (server dry run)"), "{out}");
+    server
+        .ok(&["get", "configmap", "app-config", "-n", "demo"])
+        .await?;
+
+    // Server-side apply with dry run changes nothing either.
+    let out = server
+        .ok(&["apply", "--server-side", "--dry-run=server", "-f", file])
+        .await?;
+    ensure!(out.contains("(server dry run)"), "{out}");
+    // Invalid objects are still rejected in a dry run.
+    let bad = server.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  namespace: demo\n",
+    )?;
+    let err = server
+        .fails(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            bad.to_str().context("utf-8")?,
+        ])
+        .await?;
+    ensure!(
+        err.contains("Invalid value") && err.contains("metadata.name"),
+        "{err}"
+    );
+    Ok(())
+}

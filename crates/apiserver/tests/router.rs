@@ -1414,7 +1414,10 @@ async fn many_watchers_share_one_store_watch_and_each_sees_every_matching_change
         ensure!(names == want, "watcher {i} saw {names:?}");
     }
     let watches = store.watches.load(std::sync::atomic::Ordering::SeqCst) - started;
-    ensure!(watches == 0, "{watches} more store watches for 200 watchers");
+    ensure!(
+        watches == 0,
+        "{watches} more store watches for 200 watchers"
+    );
 
     // resourceVersion=0 lists come from the same cache.
     let (_, list) = call_json(&app, "GET", &format!("{cms}?resourceVersion=0"), None).await?;
