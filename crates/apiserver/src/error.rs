@@ -27,6 +27,55 @@ impl FieldError {
         }
     }
 
+    /// `Invalid value` for a value of any JSON type (numbers print bare).
+    pub fn invalid_value(field: impl Into<String>, value: &Value, detail: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {value}: {detail}"),
+        }
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &Value) -> FieldError {
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value}"),
+        }
+    }
+
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: &Value,
+        supported: &[&str],
+    ) -> FieldError {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        FieldError {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {value}: supported values: {}",
+                list.join(", ")
+            ),
+        }
+    }
+
+    pub fn not_found(field: impl Into<String>, value: &Value) -> FieldError {
+        FieldError {
+            reason: "FieldValueNotFound",
+            field: field.into(),
+            message: format!("Not found: {value}"),
+        }
+    }
+
     pub fn required(field: impl Into<String>, detail: &str) -> FieldError {
         let detail = if detail.is_empty() {
             String::new()

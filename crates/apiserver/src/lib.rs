@@ -23,6 +23,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod fieldvalidation;
+pub mod kinds;
 pub mod listoptions;
 pub mod metrics;
 pub mod namespaces;

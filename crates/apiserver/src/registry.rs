@@ -704,6 +704,10 @@ pub async fn create(
         }
     }
     apply_defaults(def, &mut obj);
+    let errors = crate::kinds::validate(def, &obj);
+    if !errors.is_empty() {
+        return Err(invalid(def, &name, errors));
+    }
     ownership.record(def, None, &mut obj, None);
     if def.namespaced {
         crate::namespaces::admit_create(state, def, ns.unwrap_or_default(), &name).await?;
@@ -913,7 +917,13 @@ async fn commit_update(
             new
         }
     };
-    let errors = validation::validate_metadata(&new_obj, def.name_rule, def.namespaced);
+    let mut errors = validation::validate_metadata(&new_obj, def.name_rule, def.namespaced);
+    if sub != Some(Subresource::Status) {
+        errors.extend(crate::kinds::validate_update(def, old, &new_obj));
+        if errors.is_empty() {
+            errors.extend(crate::kinds::validate(def, &new_obj));
+        }
+    }
     if !errors.is_empty() {
         return Err(invalid(def, &name, errors));
     }

@@ -1202,3 +1202,63 @@ async fn server_dry_run_validates_and_answers_without_storing() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_and_immutable_fields_are_rejected_with_the_field_named() -> anyhow::Result<()>
+{
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    let bad = server.write(
+        "bad.yaml",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bad, namespace: demo}
+spec:
+  selector: {matchLabels: {app: a}}
+  template:
+    metadata: {labels: {app: b}}
+    spec:
+      containers:
+      - name: web
+        ports: [{containerPort: 70000}]
+"#,
+    )?;
+    let err = server
+        .fails(&["apply", "-f", bad.to_str().context("utf-8")?])
+        .await?;
+    for want in [
+        "spec.template.metadata.labels: Invalid value",
+        "`selector` does not match template `labels`",
+        "spec.template.spec.containers[0].image: Required value",
+        "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 70000",
+    ] {
+        ensure!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    let err = server
+        .fails(&["get", "deployment", "bad", "-n", "demo"])
+        .await?;
+    ensure!(err.contains("not found"), "nothing was stored: {err}");
+
+    let file = server.write("app.yaml", MANIFEST)?;
+    server
+        .ok(&["apply", "-f", file.to_str().context("utf-8")?])
+        .await?;
+    let err = server
+        .fails(&[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            "demo",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":{"matchLabels":{"app":"other"}},"template":{"metadata":{"labels":{"app":"other"}}}}}"#,
+        ])
+        .await?;
+    ensure!(
+        err.contains("spec.selector") && err.contains("field is immutable"),
+        "{err}"
+    );
+    Ok(())
+}
