@@ -125,12 +125,14 @@ struct StateInner {
 impl AppState {
     /// `server_address` is what `/api` advertises (`host:port`).
     pub fn new(store: Arc<dyn Store>, token: Option<String>, server_address: String) -> AppState {
+        let metrics: Arc<metrics::Metrics> = Arc::default();
+        let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore::new(store, metrics.clone()));
         AppState {
             inner: Arc::new(StateInner {
                 store,
                 token,
                 server_address,
-                metrics: Arc::default(),
+                metrics,
                 watch_caches: Default::default(),
             }),
         }

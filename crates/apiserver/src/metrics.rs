@@ -6,11 +6,18 @@
 //!   (a histogram; watches are long-running and not timed, as in Kubernetes)
 //! - `apiserver_longrunning_requests{verb="WATCH",group,version,resource}`:
 //!   the watches open now.
+//! - `etcd_request_duration_seconds{operation,type}`: store latency per
+//!   operation and resource, whichever backend (recorded by [`MeteredStore`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use bytes::Bytes;
+use skiff_store::{
+    Deleted, KeyValue, ListOptions, ListResult, PutOptions, Revision, Store, WatchStream,
+};
 
 /// Kubernetes' request latency buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -59,6 +66,8 @@ struct Inner {
     durations: BTreeMap<RequestLabels, Histogram>,
     /// Open watches by (group, version, resource).
     watches: BTreeMap<(&'static str, &'static str, &'static str), i64>,
+    /// Store latency by (operation, type).
+    store: BTreeMap<(&'static str, String), Histogram>,
 }
 
 /// The API server's metrics.
@@ -83,6 +92,20 @@ impl Metrics {
                 .entry(labels)
                 .or_default()
                 .observe(took.as_secs_f64());
+        }
+    }
+
+    /// Records one store operation on keys of `key`'s resource.
+    pub fn observe_store(&self, operation: &'static str, key: &str, took: Duration) {
+        let ty = store_type(key);
+        let mut inner = self.lock();
+        match inner.store.get_mut(&(operation, ty.clone())) {
+            Some(h) => h.observe(took.as_secs_f64()),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(took.as_secs_f64());
+                inner.store.insert((operation, ty), h);
+            }
         }
     }
 
@@ -146,6 +169,28 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "apiserver_request_duration_seconds_count{{{l}}} {}",
+                h.count
+            );
+        }
+        out.push_str("# HELP etcd_request_duration_seconds Store request latency in seconds for each operation and object type.\n");
+        out.push_str("# TYPE etcd_request_duration_seconds histogram\n");
+        for ((op, ty), h) in &inner.store {
+            let l = format!("operation=\"{op}\",type=\"{ty}\"");
+            for (le, n) in BUCKETS.iter().zip(&h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "etcd_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "etcd_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "etcd_request_duration_seconds_sum{{{l}}} {}", h.sum);
+            let _ = writeln!(
+                out,
+                "etcd_request_duration_seconds_count{{{l}}} {}",
                 h.count
             );
         }
@@ -222,5 +267,102 @@ mod tests {
         assert!(m.render().contains(
             r#"apiserver_longrunning_requests{verb="WATCH",group="",version="v1",resource="pods"} 0"#
         ));
+    }
+}
+
+/// The object type of a storage key (`/registry/apps/deployments/…` →
+/// `deployments.apps`, `/registry/core/pods/…` → `pods`).
+fn store_type(key: &str) -> String {
+    let mut parts = key.trim_start_matches('/').split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("core"), Some(plural)) => plural.to_string(),
+        (Some(group), Some(plural)) => format!("{plural}.{group}"),
+        _ => "unknown".to_string(),
+    }
+}
+
+/// A [`Store`] that records each operation's latency in [`Metrics`].
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+}
+
+macro_rules! timed {
+    ($self:ident, $op:literal, $key:expr, $call:expr) => {{
+        let started = std::time::Instant::now();
+        let out = $call.await;
+        $self.metrics.observe_store($op, $key, started.elapsed());
+        out
+    }};
+}
+
+#[async_trait::async_trait]
+impl Store for MeteredStore {
+    async fn get(&self, key: &str) -> skiff_store::Result<Option<KeyValue>> {
+        timed!(self, "get", key, self.inner.get(key))
+    }
+    async fn list(&self, prefix: &str, opts: ListOptions) -> skiff_store::Result<ListResult> {
+        timed!(self, "list", prefix, self.inner.list(prefix, opts))
+    }
+    async fn count(&self, prefix: &str) -> skiff_store::Result<i64> {
+        timed!(self, "count", prefix, self.inner.count(prefix))
+    }
+    async fn create(
+        &self,
+        key: &str,
+        value: Bytes,
+        opts: PutOptions,
+    ) -> skiff_store::Result<KeyValue> {
+        timed!(self, "create", key, self.inner.create(key, value, opts))
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Revision,
+        opts: PutOptions,
+    ) -> skiff_store::Result<KeyValue> {
+        timed!(
+            self,
+            "update",
+            key,
+            self.inner.update(key, value, expected, opts)
+        )
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> skiff_store::Result<Deleted> {
+        timed!(self, "delete", key, self.inner.delete(key, expected))
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> skiff_store::Result<WatchStream> {
+        timed!(self, "watch", prefix, self.inner.watch(prefix, after))
+    }
+    async fn current_revision(&self) -> skiff_store::Result<Revision> {
+        self.inner.current_revision().await
+    }
+    async fn compact(&self, revision: Revision) -> skiff_store::Result<()> {
+        self.inner.compact(revision).await
+    }
+    fn backend_name(&self) -> &'static str {
+        self.inner.backend_name()
+    }
+}
+
+#[cfg(test)]
+mod store_type_tests {
+    use super::*;
+
+    #[test]
+    fn store_types_follow_kubernetes_resource_names() {
+        assert_eq!(store_type("/registry/core/pods/default/a"), "pods");
+        assert_eq!(
+            store_type("/registry/apps/deployments/"),
+            "deployments.apps"
+        );
+        assert_eq!(store_type("x"), "unknown");
     }
 }

@@ -835,6 +835,9 @@ async fn metrics_count_requests_by_verb_and_resource() -> anyhow::Result<()> {
         format!(r#"apiserver_request_total{{verb="GET",{base},code="404"}} 1"#),
         format!(r#"apiserver_request_duration_seconds_count{{verb="LIST",{base}}} 1"#),
         "# TYPE apiserver_longrunning_requests gauge".to_string(),
+        r#"etcd_request_duration_seconds_count{operation="get",type="configmaps"}"#.to_string(),
+        r#"etcd_request_duration_seconds_bucket{operation="list",type="configmaps",le="+Inf"}"#
+            .to_string(),
     ] {
         ensure!(text.contains(&want), "{want} missing in:\n{text}");
     }
