@@ -63,6 +63,12 @@ impl DeleteOptions {
                 preconditions: None,
                 dry_run: Vec::new(),
             }
+        } else if body.starts_with(b"k8s\x00") {
+            // client-go's typed clients (helm, kubectl) send protobuf.
+            let value = crate::protobuf::decode(body)
+                .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?;
+            serde_json::from_value(value)
+                .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?
         } else {
             serde_json::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("decoding DeleteOptions: {e}")))?

@@ -218,6 +218,10 @@ pub enum ApiError {
 
     #[error("Internal error occurred: {0}")]
     Internal(String),
+
+    /// A backend the request needs (a node agent) cannot be reached.
+    #[error("{0}")]
+    ServiceUnavailable(String),
 }
 
 /// Kubernetes' form: `Apply failed with 1 conflict: conflict with "m": .spec.x`.
@@ -295,6 +299,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLargeResourceVersion { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -315,6 +320,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::TooLargeResourceVersion { .. } => "Timeout",
             ApiError::Internal(_) => "InternalError",
+            ApiError::ServiceUnavailable(_) => "ServiceUnavailable",
         }
     }
 

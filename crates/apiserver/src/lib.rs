@@ -27,6 +27,7 @@ pub mod kinds;
 pub mod listoptions;
 pub mod metrics;
 pub mod namespaces;
+pub mod nodeproxy;
 pub mod openapi;
 pub mod output;
 pub mod patch;
@@ -333,6 +334,24 @@ async fn resource_request(
         subresource: target.subresource.map(|s| s.name()).unwrap_or_default(),
     };
     let started = std::time::Instant::now();
+    if let (
+        Some(sub @ (resources::Subresource::Log | resources::Subresource::Exec)),
+        Some(ns),
+        Some(name),
+    ) = (
+        target.subresource,
+        target.namespace.clone(),
+        target.name.clone(),
+    ) {
+        let response = match nodeproxy::proxy(state, &ns, &name, sub, req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+        state
+            .metrics()
+            .observe(labels, response.status().as_u16(), started.elapsed());
+        return response;
+    }
     let (parts, body) = req.into_parts();
     let body: Body = body;
     let response =

@@ -247,6 +247,44 @@ pub fn decode(body: &[u8]) -> Result<Value> {
                 }
             }
         }
+        (_, "DeleteOptions") => {
+            // meta.k8s.io/v1 DeleteOptions: 1 gracePeriodSeconds, 2
+            // preconditions {1 uid, 2 resourceVersion}, 3 orphanDependents,
+            // 4 propagationPolicy, 5 dryRun.
+            for (n, f) in fields(raw)? {
+                match (n, &f) {
+                    (1, Field::Varint(v)) => {
+                        obj.insert("gracePeriodSeconds".into(), json!(*v as i64));
+                    }
+                    (2, _) => {
+                        let mut pre = Map::new();
+                        for (n, f) in fields(bytes(&f)?)? {
+                            match n {
+                                1 => {
+                                    pre.insert("uid".into(), Value::String(string(&f)?));
+                                }
+                                2 => {
+                                    pre.insert(
+                                        "resourceVersion".into(),
+                                        Value::String(string(&f)?),
+                                    );
+                                }
+                                _ => {}
+                            }
+                        }
+                        obj.insert("preconditions".into(), Value::Object(pre));
+                    }
+                    (3, _) => {
+                        obj.insert("orphanDependents".into(), Value::Bool(bool_field(&f)?));
+                    }
+                    (4, _) => {
+                        obj.insert("propagationPolicy".into(), Value::String(string(&f)?));
+                    }
+                    (5, _) => push_string(&mut obj, "dryRun", string(&f)?),
+                    _ => {}
+                }
+            }
+        }
         _ => {
             return Err(ProtobufError::UnsupportedKind(
                 if api_version.contains('/') {
@@ -367,6 +405,19 @@ mod tests {
         for (name, body, want) in cases {
             assert_eq!(decode(&body), Ok(want), "{name}");
         }
+    }
+
+    #[test]
+    fn decodes_delete_options_as_helm_sends_them() {
+        let mut raw = tag(1, 0);
+        raw.extend(encode_varint(30));
+        raw.extend(bytes_field(4, b"Background"));
+        raw.extend(bytes_field(5, b"All"));
+        let body = envelope("meta.k8s.io/v1", "DeleteOptions", &raw);
+        let obj = decode(&body).unwrap();
+        assert_eq!(obj["gracePeriodSeconds"], 30);
+        assert_eq!(obj["propagationPolicy"], "Background");
+        assert_eq!(obj["dryRun"], json!(["All"]));
     }
 
     #[test]

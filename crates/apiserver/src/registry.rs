@@ -877,7 +877,9 @@ async fn commit_update(
             }
             merged
         }
-        Some(Subresource::Binding | Subresource::Eviction) => {
+        Some(
+            Subresource::Binding | Subresource::Eviction | Subresource::Log | Subresource::Exec,
+        ) => {
             return Err(ApiError::MethodNotAllowed);
         }
         Some(Subresource::Scale | Subresource::Finalize) | None => {

@@ -32,6 +32,11 @@ pub enum Subresource {
     Eviction,
     /// `namespaces/finalize`: update of `spec.finalizers` only.
     Finalize,
+    /// `pods/log`: the container's log, from the node agent.
+    Log,
+    /// `pods/exec`: a command in a container, streamed through the node
+    /// agent.
+    Exec,
 }
 
 impl Subresource {
@@ -42,6 +47,8 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
         }
     }
 
@@ -50,6 +57,8 @@ impl Subresource {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding | Subresource::Eviction => &["create"],
             Subresource::Finalize => &["update"],
+            Subresource::Log => &["get"],
+            Subresource::Exec => &["create", "get"],
         }
     }
 
@@ -61,6 +70,8 @@ impl Subresource {
             Subresource::Binding => ("", "v1", "Binding"),
             Subresource::Eviction => ("policy", "v1", "Eviction"),
             Subresource::Finalize => (def.group, def.version, def.kind),
+            Subresource::Log => ("", "v1", "Pod"),
+            Subresource::Exec => ("", "v1", "PodExecOptions"),
         }
     }
 
@@ -71,6 +82,8 @@ impl Subresource {
             "binding" => Some(Subresource::Binding),
             "eviction" => Some(Subresource::Eviction),
             "finalize" => Some(Subresource::Finalize),
+            "log" => Some(Subresource::Log),
+            "exec" => Some(Subresource::Exec),
             _ => None,
         }
     }
@@ -157,6 +170,8 @@ const POD_SUBRESOURCES: &[Subresource] = &[
     Subresource::Status,
     Subresource::Binding,
     Subresource::Eviction,
+    Subresource::Log,
+    Subresource::Exec,
 ];
 const NONE: &[Subresource] = &[];
 const ALL: &[&str] = &["all"];

@@ -75,7 +75,7 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
 /// Drops nulls and empty objects and lists, recursively: upstream compares
 /// templates with a semantic equality where an empty struct, map or slice
 /// equals an absent one (kubectl sends `resources: {}` on rollback).
-fn prune_empty(v: &mut Value) -> bool {
+pub(crate) fn prune_empty(v: &mut Value) -> bool {
     match v {
         Value::Null => true,
         Value::Object(m) => {

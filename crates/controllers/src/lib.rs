@@ -7,20 +7,38 @@
 //! it observed (`plan` functions, unit-tested without a server); the
 //! reconcile step only applies that plan through the API.
 //!
+//! Controllers: workloads ([`replicaset`] and [`replicationcontroller`]
+//! over the shared [`replicas`] decision, [`deployment`], [`daemonset`],
+//! [`statefulset`] — the last two record templates as ControllerRevisions
+//! through [`revisions`] —, [`job`], [`cronjob`]), [`endpoints`],
+//! [`disruption`] (PodDisruptionBudget status), [`namespace`], [`gc`]
+//! (owner references), [`podgc`] (terminated and orphaned pods),
+//! [`serviceaccount`], [`nodelifecycle`] and [`nodeipam`]; [`events`]
+//! records core/v1 Events for them.
+//!
 //! Must not touch the store or the API server's internals: everything here
 //! would work against a real Kubernetes cluster.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
+pub mod events;
 pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod pods;
+pub mod replicas;
 pub mod replicaset;
+pub mod replicationcontroller;
+pub mod revisions;
 pub mod selector;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::time::Duration;
 
@@ -43,6 +61,8 @@ pub struct ControllerConfig {
     pub node_lifecycle: nodelifecycle::NodeLifecycleConfig,
     /// Where nodes' pod CIDRs come from.
     pub cluster_cidr: nodeipam::ClusterCidr,
+    /// Pod garbage collection (`--terminated-pod-gc-threshold`).
+    pub pod_gc: podgc::PodGcConfig,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +71,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             node_lifecycle: Default::default(),
             cluster_cidr: Default::default(),
+            pod_gc: Default::default(),
         }
     }
 }
@@ -61,6 +82,9 @@ impl Default for ControllerConfig {
 pub async fn run(client: kube::Client, config: ControllerConfig) {
     tokio::join!(
         replicaset::run(client.clone(), config.clone()),
+        replicationcontroller::run(client.clone(), config.clone()),
+        daemonset::run(client.clone(), config.clone()),
+        statefulset::run(client.clone(), config.clone()),
         deployment::run(client.clone(), config.clone()),
         namespace::run(client.clone(), config.clone()),
         endpoints::run(client.clone(), config.clone()),
@@ -68,7 +92,10 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         serviceaccount::run(client.clone(), config.clone()),
         nodelifecycle::run(client.clone(), config.clone()),
         job::run(client.clone(), config.clone()),
+        cronjob::run(client.clone(), config.clone()),
         nodeipam::run(client.clone(), config.clone()),
+        podgc::run(client.clone(), config.clone()),
+        disruption::run(client.clone(), config.clone()),
     );
 }
 

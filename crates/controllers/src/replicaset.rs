@@ -2,6 +2,8 @@
 //! selector, owned through `ownerReferences`; adopts matching orphans,
 //! releases owned pods that stopped matching, replaces failed and deleted
 //! pods, deletes the cheapest pods first on scale-down, and reports status.
+//! The decision is shared with the ReplicationController controller
+//! ([`crate::replicas`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,116 +11,51 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::pods::{controller_ref, deletion_order, is_active, is_available, is_ready, owner_ref};
-use crate::selector::matches;
+use crate::pods::owner_ref;
+use crate::replicas::{self, PodSelector, Target};
 use crate::{ControllerConfig, Error};
 
 /// What the controller should do for one ReplicaSet.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Plan {
-    /// Pods to create from the template.
-    pub create: i32,
-    /// Owned pods to delete, in order.
-    pub delete: Vec<String>,
-    /// Matching orphans to adopt.
-    pub adopt: Vec<String>,
-    /// Owned pods that no longer match, to release.
-    pub release: Vec<String>,
-    /// Status from the pods as observed.
-    pub status: ReplicaSetStatus,
-    /// When a pod will become available (minReadySeconds), to look again.
-    pub recheck_after: Option<Duration>,
-}
+pub type Plan = replicas::Plan<ReplicaSetStatus>;
 
 /// The pure decision: `pods` are all pods of the ReplicaSet's namespace.
 pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Plan {
-    let mut plan = Plan::default();
     let Some(spec) = rs.spec.as_ref() else {
-        return plan;
+        return Plan::default();
     };
-    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
-    let want = spec.replicas.unwrap_or(1).max(0);
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let empty = Default::default();
-    let template_labels = spec
-        .template
-        .as_ref()
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&empty);
-
-    let mut mine: Vec<&Pod> = Vec::new();
-    for pod in pods {
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        let selected = matches(&spec.selector, labels);
-        match controller_ref(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if selected {
-                    mine.push(pod);
-                } else if pod.metadata.deletion_timestamp.is_none() {
-                    plan.release.push(pod.name_any());
-                }
-            }
-            Some(_) => {}
-            None => {
-                if selected && is_active(pod) && rs.metadata.deletion_timestamp.is_none() {
-                    plan.adopt.push(pod.name_any());
-                    mine.push(pod);
-                }
-            }
-        }
-    }
-    let mut active: Vec<&Pod> = mine.iter().copied().filter(|p| is_active(p)).collect();
-    let have = active.len() as i32;
-    if rs.metadata.deletion_timestamp.is_none() {
-        if have < want {
-            plan.create = want - have;
-        } else if have > want {
-            active.sort_by(|a, b| deletion_order(a, b));
-            plan.delete = active
-                .iter()
-                .take((have - want) as usize)
-                .map(|p| p.name_any())
-                .collect();
-        }
-    }
-
-    let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    let available = active
-        .iter()
-        .filter(|p| is_available(p, min_ready, now))
-        .count() as i32;
-    if ready > available {
-        plan.recheck_after = Some(Duration::from_secs(1));
-    }
-    let fully_labeled = active
-        .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            template_labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .count() as i32;
+    let target = Target {
+        uid: rs.metadata.uid.as_deref().unwrap_or_default(),
+        replicas: spec.replicas.unwrap_or(1),
+        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+        selector: PodSelector::Label(&spec.selector),
+        template_labels: spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&empty),
+        deleting: rs.metadata.deletion_timestamp.is_some(),
+    };
+    let plan = replicas::plan(&target, pods, now);
+    let counts = plan.status;
     let old = rs.status.clone().unwrap_or_default();
-    plan.status = ReplicaSetStatus {
-        replicas: have,
-        fully_labeled_replicas: Some(fully_labeled),
-        ready_replicas: Some(ready),
-        available_replicas: Some(available),
+    plan.with_status(ReplicaSetStatus {
+        replicas: counts.replicas,
+        fully_labeled_replicas: Some(counts.fully_labeled),
+        ready_replicas: Some(counts.ready),
+        available_replicas: Some(counts.available),
         observed_generation: rs.metadata.generation,
         conditions: old.conditions,
         ..Default::default()
-    };
-    plan
+    })
 }
 
 struct Context {
@@ -132,7 +69,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let all = pods.list(&ListParams::default()).await?.items;
     let plan = plan(&rs, &all, Timestamp::now());
-    apply(&ctx, &rs, &pods, &all, &plan).await?;
+    let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata)
+        .ok_or_else(|| Error::Invalid(name.clone(), "no uid".into()))?;
+    let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+    replicas::apply(&pods, &owner, rs.namespace(), template, &all, &plan).await?;
 
     let current = rs.status.clone().unwrap_or_default();
     if current != plan.status {
@@ -147,83 +87,6 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
         next = next.min(d);
     }
     Ok(Action::requeue(next))
-}
-
-async fn apply(
-    ctx: &Context,
-    rs: &ReplicaSet,
-    pods: &Api<Pod>,
-    all: &[Pod],
-    plan: &Plan,
-) -> Result<(), Error> {
-    let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata)
-        .ok_or_else(|| Error::Invalid(rs.name_any(), "no uid".into()))?;
-    for name in &plan.adopt {
-        let existing = all
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| p.metadata.owner_references.clone())
-            .unwrap_or_default();
-        let mut refs = existing;
-        refs.push(owner.clone());
-        let patch = json!({"metadata": {"ownerReferences": refs}});
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-    }
-    for name in &plan.release {
-        let refs: Vec<_> = all
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| p.metadata.owner_references.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.uid != owner.uid)
-            .collect();
-        let refs = if refs.is_empty() {
-            serde_json::Value::Null
-        } else {
-            json!(refs)
-        };
-        let patch = json!({"metadata": {"ownerReferences": refs}});
-        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-    }
-    if plan.create > 0 {
-        let template = rs
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.clone())
-            .ok_or_else(|| Error::Invalid(rs.name_any(), "no pod template".into()))?;
-        let tmeta = template.metadata.unwrap_or_default();
-        for _ in 0..plan.create {
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", rs.name_any())),
-                    namespace: rs.namespace(),
-                    labels: tmeta.labels.clone(),
-                    annotations: tmeta.annotations.clone(),
-                    owner_references: Some(vec![owner.clone()]),
-                    ..Default::default()
-                },
-                spec: template.spec.clone(),
-                status: None,
-            };
-            pods.create(&PostParams::default(), &pod).await?;
-        }
-        tracing::info!(replicaset = %rs.name_any(), count = plan.create, "created pods");
-    }
-    for name in &plan.delete {
-        match pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !plan.delete.is_empty() {
-        tracing::info!(replicaset = %rs.name_any(), count = plan.delete.len(), "deleted pods");
-    }
-    let _ = ctx;
-    Ok(())
 }
 
 fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -252,7 +115,9 @@ mod tests {
     use super::*;
     use crate::pods::testing::pod;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, ObjectMeta, OwnerReference,
+    };
     use std::collections::BTreeMap;
 
     fn rs(replicas: i32) -> ReplicaSet {

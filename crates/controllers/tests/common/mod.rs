@@ -9,6 +9,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
 
 pub struct Cluster {
     pub kubeconfig: PathBuf,
@@ -130,4 +136,131 @@ impl Cluster {
         }
         bail!("{what:?} still there after 30 s")
     }
+}
+
+impl Cluster {
+    /// Writes `manifest` (YAML or JSON) to a file and `kubectl apply`s it.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        let file = self
+            .dir
+            .path()
+            .join(format!("manifest-{}.yaml", fastrand_suffix()));
+        std::fs::write(&file, manifest)?;
+        self.kubectl(&["apply", "-f", file.to_str().context("path")?])
+    }
+
+    /// Creates a Node object named `name` (there is no node agent: it only
+    /// exists in the API), with `taints` as `key=value:Effect`.
+    pub fn create_node(&self, name: &str, taints: &[(&str, &str)]) -> Result<String> {
+        let taints: Vec<_> = taints
+            .iter()
+            .map(|(k, e)| json!({"key": k, "effect": e}))
+            .collect();
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": {"taints": taints}});
+        self.apply(&node.to_string())
+    }
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// A stand-in node agent: marks every pod that is not being deleted Running
+/// and Ready (Job pods instead finish: Succeeded, or Failed for jobs named
+/// `fail-*`), and finishes the deletion of pods being deleted.
+pub async fn ready_agent(client: kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+            continue;
+        };
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = api
+                .delete(
+                    &pod.name_any(),
+                    &kube::api::DeleteParams::default().grace_period(0),
+                )
+                .await;
+            continue;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
+            continue;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = if let Some(job) = pod.labels().get("batch.kubernetes.io/job-name") {
+            let (phase, code) = if job.starts_with("fail") {
+                ("Failed", 1)
+            } else {
+                ("Succeeded", 0)
+            };
+            json!({"status": {
+                "phase": phase,
+                "containerStatuses": [{"name": "c", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": code, "finishedAt": now}}}],
+            }})
+        } else {
+            json!({"status": {
+                "phase": "Running",
+                "podIP": "10.42.0.9",
+                "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                ],
+            }})
+        };
+        let _ = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await;
+    }
+}
+
+/// A stand-in node agent that does nothing but finish deletions: pods stay
+/// Pending until a test marks them ready with [`mark_ready`].
+pub async fn deleting_agent(client: kube::Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut events = watcher(pods, watcher::Config::default()).boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            let api: Api<Pod> =
+                Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+            let _ = api
+                .delete(
+                    &pod.name_any(),
+                    &kube::api::DeleteParams::default().grace_period(0),
+                )
+                .await;
+        }
+    }
+}
+
+/// Marks one pod Running and Ready through `pods/status`.
+pub async fn mark_ready(client: &kube::Client, ns: &str, name: &str) -> Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": "Running",
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+        ],
+    }});
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
 }

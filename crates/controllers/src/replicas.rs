@@ -1,0 +1,287 @@
+//! The pure core shared by the ReplicaSet and ReplicationController
+//! controllers (upstream shares one `ReplicaSetController` between them):
+//! keep `replicas` active pods matching the selector, owned through a
+//! controller `ownerReference`; adopt matching orphans, release owned pods
+//! that stopped matching, replace failed and deleted pods, delete the
+//! cheapest pods first on scale-down; count what the status reports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::pods::{controller_ref, deletion_order, is_active, is_available, is_ready};
+use crate::selector::matches;
+
+/// How the owner selects its pods.
+#[derive(Debug, Clone, Copy)]
+pub enum PodSelector<'a> {
+    /// A `metav1.LabelSelector` (ReplicaSet).
+    Label(&'a LabelSelector),
+    /// A plain equality map (ReplicationController). An empty map selects
+    /// nothing.
+    Map(&'a BTreeMap<String, String>),
+}
+
+impl PodSelector<'_> {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            PodSelector::Label(s) => matches(s, labels),
+            PodSelector::Map(m) => !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        }
+    }
+}
+
+/// What the plan reads from a ReplicaSet or ReplicationController.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub uid: &'a str,
+    pub replicas: i32,
+    pub min_ready_seconds: i32,
+    pub selector: PodSelector<'a>,
+    pub template_labels: &'a BTreeMap<String, String>,
+    /// The owner is being deleted: adopt and create nothing.
+    pub deleting: bool,
+}
+
+/// The pod counts a status reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub replicas: i32,
+    pub fully_labeled: i32,
+    pub ready: i32,
+    pub available: i32,
+}
+
+/// What the controller should do for one owner; `S` is the status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan<S> {
+    /// Pods to create from the template.
+    pub create: i32,
+    /// Owned pods to delete, in order.
+    pub delete: Vec<String>,
+    /// Matching orphans to adopt.
+    pub adopt: Vec<String>,
+    /// Owned pods that no longer match, to release.
+    pub release: Vec<String>,
+    /// Status from the pods as observed.
+    pub status: S,
+    /// When a pod will become available (minReadySeconds), to look again.
+    pub recheck_after: Option<Duration>,
+}
+
+impl<S> Plan<S> {
+    /// The same plan with another status.
+    pub fn with_status<T>(self, status: T) -> Plan<T> {
+        Plan {
+            create: self.create,
+            delete: self.delete,
+            adopt: self.adopt,
+            release: self.release,
+            status,
+            recheck_after: self.recheck_after,
+        }
+    }
+}
+
+/// The pure decision: `pods` are all pods of the owner's namespace.
+pub fn plan(target: &Target<'_>, pods: &[Pod], now: Timestamp) -> Plan<Counts> {
+    let mut plan = Plan::<Counts>::default();
+    let want = target.replicas.max(0);
+    let empty = BTreeMap::new();
+
+    let mut mine: Vec<&Pod> = Vec::new();
+    for pod in pods {
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let selected = target.selector.matches(labels);
+        match controller_ref(&pod.metadata) {
+            Some(r) if r.uid == target.uid => {
+                if selected {
+                    mine.push(pod);
+                } else if pod.metadata.deletion_timestamp.is_none() {
+                    plan.release.push(pod.name_any());
+                }
+            }
+            Some(_) => {}
+            None => {
+                if selected && is_active(pod) && !target.deleting {
+                    plan.adopt.push(pod.name_any());
+                    mine.push(pod);
+                }
+            }
+        }
+    }
+    let mut active: Vec<&Pod> = mine.iter().copied().filter(|p| is_active(p)).collect();
+    let have = active.len() as i32;
+    if !target.deleting {
+        if have < want {
+            plan.create = want - have;
+        } else if have > want {
+            active.sort_by(|a, b| deletion_order(a, b));
+            plan.delete = active
+                .iter()
+                .take((have - want) as usize)
+                .map(|p| p.name_any())
+                .collect();
+        }
+    }
+
+    let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
+    let available = active
+        .iter()
+        .filter(|p| is_available(p, target.min_ready_seconds, now))
+        .count() as i32;
+    if ready > available {
+        plan.recheck_after = Some(Duration::from_secs(1));
+    }
+    let fully_labeled = active
+        .iter()
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
+            target
+                .template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .count() as i32;
+    plan.status = Counts {
+        replicas: have,
+        fully_labeled,
+        ready,
+        available,
+    };
+    plan
+}
+
+/// Applies the pod half of a plan: adopt, release, create from `template`
+/// (named `<owner>-<random>`), delete.
+pub async fn apply<S>(
+    pods: &Api<Pod>,
+    owner: &OwnerReference,
+    namespace: Option<String>,
+    template: Option<&PodTemplateSpec>,
+    all: &[Pod],
+    plan: &Plan<S>,
+) -> Result<(), Error> {
+    let refs_of = |name: &str| {
+        all.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.metadata.owner_references.clone())
+            .unwrap_or_default()
+    };
+    for name in &plan.adopt {
+        let mut refs = refs_of(name);
+        refs.push(owner.clone());
+        let patch = json!({"metadata": {"ownerReferences": refs}});
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    for name in &plan.release {
+        let refs: Vec<_> = refs_of(name)
+            .into_iter()
+            .filter(|r| r.uid != owner.uid)
+            .collect();
+        let refs = if refs.is_empty() {
+            serde_json::Value::Null
+        } else {
+            json!(refs)
+        };
+        let patch = json!({"metadata": {"ownerReferences": refs}});
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if plan.create > 0 {
+        let template =
+            template.ok_or_else(|| Error::Invalid(owner.name.clone(), "no pod template".into()))?;
+        let tmeta = template.metadata.clone().unwrap_or_default();
+        for _ in 0..plan.create {
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", owner.name)),
+                    namespace: namespace.clone(),
+                    labels: tmeta.labels.clone(),
+                    annotations: tmeta.annotations.clone(),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..Default::default()
+                },
+                spec: template.spec.clone(),
+                status: None,
+            };
+            pods.create(&PostParams::default(), &pod).await?;
+        }
+        tracing::info!(kind = %owner.kind, owner = %owner.name, count = plan.create, "created pods");
+    }
+    for name in &plan.delete {
+        match pods.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !plan.delete.is_empty() {
+        tracing::info!(kind = %owner.kind, owner = %owner.name, count = plan.delete.len(), "deleted pods");
+    }
+    Ok(())
+}
+
+/// Deletes a pod, treating NotFound as done.
+pub async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::testing::pod;
+
+    #[test]
+    fn map_selectors_match_every_pair_and_empty_maps_nothing() {
+        let sel: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let empty = BTreeMap::new();
+        let web: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "fe".to_string()),
+        ]
+        .into();
+        let cases = [
+            (
+                "superset of the selector",
+                PodSelector::Map(&sel),
+                &web,
+                true,
+            ),
+            ("missing key", PodSelector::Map(&sel), &empty, false),
+            ("empty map", PodSelector::Map(&empty), &web, false),
+        ];
+        for (name, s, labels, want) in cases {
+            assert_eq!(s.matches(labels), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_deleting_owner_neither_adopts_nor_creates() {
+        let sel: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let mut orphan = pod("o", Some("n"), "Running", Some(1));
+        orphan.metadata.labels = Some(sel.clone());
+        let target = Target {
+            uid: "u",
+            replicas: 3,
+            min_ready_seconds: 0,
+            selector: PodSelector::Map(&sel),
+            template_labels: &sel,
+            deleting: true,
+        };
+        let p = plan(&target, &[orphan], Timestamp::from_second(100).unwrap());
+        assert_eq!((p.create, p.adopt.len()), (0, 0));
+    }
+}
