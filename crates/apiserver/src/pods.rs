@@ -59,7 +59,10 @@ fn parse_body(bytes: &[u8], kinds: &[(&str, &str)]) -> ApiResult<Value> {
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if !kinds.contains(&(api_version, kind)) {
+    // A body without type information takes the endpoint's, as Kubernetes'
+    // decoder defaults it.
+    let untyped = api_version.is_empty() && kind.is_empty();
+    if !untyped && !kinds.contains(&(api_version, kind)) {
         let (want_version, want_kind) = kinds.first().copied().unwrap_or_default();
         return Err(ApiError::BadRequest(format!(
             "the body of the request must be a {want_version} {want_kind}, got {api_version:?} {kind:?}"
