@@ -74,13 +74,21 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .extensions()
         .get::<PeerIdentity>()
         .and_then(|p| p.0.clone());
-    let presented = req.headers().get(header::AUTHORIZATION).map(|value| {
+    let bearer = req.headers().get(header::AUTHORIZATION).map(|value| {
         value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .and_then(|token| user_from_token(state.token(), token.trim()))
+            .map(|t| t.trim().to_string())
     });
+    let presented = match bearer {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(token)) => match user_from_token(state.token(), &token) {
+            Some(user) => Some(Some(user)),
+            None => Some(crate::satoken::authenticate(&state, &token).await),
+        },
+    };
     let user = match (from_cert, presented) {
         (Some(user), _) => Some(user),
         (None, Some(Some(user))) => Some(user),

@@ -36,6 +36,7 @@ pub mod pods;
 pub mod protobuf;
 pub mod registry;
 pub mod resources;
+pub mod satoken;
 pub mod scale;
 pub mod selector;
 pub mod serve;
@@ -121,6 +122,7 @@ struct StateInner {
     server_address: String,
     metrics: Arc<metrics::Metrics>,
     watch_caches: watchcache::WatchCaches,
+    token_signer: std::sync::OnceLock<Arc<satoken::TokenSigner>>,
 }
 
 impl AppState {
@@ -135,6 +137,7 @@ impl AppState {
                 server_address,
                 metrics,
                 watch_caches: Default::default(),
+                token_signer: Default::default(),
             }),
         }
     }
@@ -145,6 +148,16 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Arc<metrics::Metrics> {
         &self.inner.metrics
+    }
+
+    /// Installs the key that signs and verifies service account tokens
+    /// (once; later calls are ignored).
+    pub fn set_token_signer(&self, signer: Arc<satoken::TokenSigner>) {
+        let _ = self.inner.token_signer.set(signer);
+    }
+
+    pub(crate) fn token_signer(&self) -> Option<&Arc<satoken::TokenSigner>> {
+        self.inner.token_signer.get()
     }
 
     pub(crate) fn watch_caches(&self) -> &watchcache::WatchCaches {
@@ -352,6 +365,27 @@ async fn resource_request(
             .observe(labels, response.status().as_u16(), started.elapsed());
         return response;
     }
+    if let (Some(resources::Subresource::Token), Some(ns), Some(name)) = (
+        target.subresource,
+        target.namespace.clone(),
+        target.name.clone(),
+    ) {
+        let response = async {
+            if method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = registry::read_body(&parts.headers, body).await?;
+            let out = satoken::token_request(state, &ns, &name, &bytes).await?;
+            Ok(json_response(StatusCode::CREATED, &out))
+        }
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+        state
+            .metrics()
+            .observe(labels, response.status().as_u16(), started.elapsed());
+        return response;
+    }
     let (parts, body) = req.into_parts();
     let body: Body = body;
     let response =
@@ -455,6 +489,9 @@ impl Server {
         };
         let advertised = SocketAddr::new(host, local.port());
         let state = AppState::new(store, config.token.clone(), advertised.to_string());
+        let signer = satoken::TokenSigner::load_or_create(&pki.dir)
+            .map_err(|e| ServerError::Bootstrap(ApiError::Internal(e.to_string())))?;
+        state.set_token_signer(Arc::new(signer));
         // Generating the OpenAPI documents takes a moment: do it before
         // the first client asks.
         tokio::task::spawn_blocking(|| {

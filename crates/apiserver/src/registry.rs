@@ -878,7 +878,11 @@ async fn commit_update(
             merged
         }
         Some(
-            Subresource::Binding | Subresource::Eviction | Subresource::Log | Subresource::Exec,
+            Subresource::Binding
+            | Subresource::Eviction
+            | Subresource::Log
+            | Subresource::Exec
+            | Subresource::Token,
         ) => {
             return Err(ApiError::MethodNotAllowed);
         }

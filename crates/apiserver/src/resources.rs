@@ -37,6 +37,8 @@ pub enum Subresource {
     /// `pods/exec`: a command in a container, streamed through the node
     /// agent.
     Exec,
+    /// `serviceaccounts/token`: create a TokenRequest.
+    Token,
 }
 
 impl Subresource {
@@ -49,6 +51,7 @@ impl Subresource {
             Subresource::Finalize => "finalize",
             Subresource::Log => "log",
             Subresource::Exec => "exec",
+            Subresource::Token => "token",
         }
     }
 
@@ -59,6 +62,7 @@ impl Subresource {
             Subresource::Finalize => &["update"],
             Subresource::Log => &["get"],
             Subresource::Exec => &["create", "get"],
+            Subresource::Token => &["create"],
         }
     }
 
@@ -72,6 +76,7 @@ impl Subresource {
             Subresource::Finalize => (def.group, def.version, def.kind),
             Subresource::Log => ("", "v1", "Pod"),
             Subresource::Exec => ("", "v1", "PodExecOptions"),
+            Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
 
@@ -84,6 +89,7 @@ impl Subresource {
             "finalize" => Some(Subresource::Finalize),
             "log" => Some(Subresource::Log),
             "exec" => Some(Subresource::Exec),
+            "token" => Some(Subresource::Token),
             _ => None,
         }
     }
@@ -325,7 +331,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         &["sa"],
         &[],
         true,
-        NONE,
+        &[Subresource::Token],
     ),
     with_name_rule(
         def(

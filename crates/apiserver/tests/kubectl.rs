@@ -1265,3 +1265,77 @@ spec:
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_issued_and_authenticate_until_the_account_goes()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server.ok(&["create", "namespace", "demo"]).await?;
+    let sa = server.write(
+        "sa.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: builder, namespace: demo}\n",
+    )?;
+    server
+        .ok(&["apply", "-f", sa.to_str().context("utf-8")?])
+        .await?;
+    let request = server.write(
+        "tr.json",
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#,
+    )?;
+    let issued: serde_json::Value = serde_json::from_str(
+        &server
+            .ok(&[
+                "create",
+                "--raw",
+                "/api/v1/namespaces/demo/serviceaccounts/builder/token",
+                "-f",
+                request.to_str().context("utf-8")?,
+            ])
+            .await?,
+    )?;
+    let token = issued["status"]["token"]
+        .as_str()
+        .context("token")?
+        .to_string();
+    let token = token.trim();
+    ensure!(token.split('.').count() == 3, "{token}");
+    ensure!(
+        issued["status"]["expirationTimestamp"].is_string(),
+        "{issued}"
+    );
+
+    // The token authenticates on its own (no client certificate).
+    let kubeconfig = server.write(
+        "sa.kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            format_args!("https://{}", server.addr)
+        ),
+    )?;
+    let out = server
+        .kubectl_with(&kubeconfig, &["get", "configmaps", "-n", "demo"])
+        .await?;
+    ensure!(out.status.success(), "{out:?}");
+    let whoami = server
+        .kubectl_with(&kubeconfig, &["auth", "whoami", "-o", "json"])
+        .await?;
+    let text = String::from_utf8_lossy(&whoami.stdout);
+    ensure!(
+        !whoami.status.success() || text.contains("system:serviceaccount:demo:builder"),
+        "{text}"
+    );
+
+    // Deleting the account revokes its tokens.
+    server
+        .ok(&["delete", "serviceaccount", "builder", "-n", "demo"])
+        .await?;
+    let out = server
+        .kubectl_with(&kubeconfig, &["get", "configmaps", "-n", "demo"])
+        .await?;
+    ensure!(!out.status.success(), "a revoked token still works");
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "{out:?}"
+    );
+    Ok(())
+}
