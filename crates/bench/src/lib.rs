@@ -4,5 +4,6 @@
 //! Benchmarks may start real components (etcd) through `skiff-testing`;
 //! they only ever talk to loopback.
 
+pub mod api;
 pub mod stats;
 pub mod store;

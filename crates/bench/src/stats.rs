@@ -13,6 +13,11 @@ impl Samples {
         self.values.push(d);
     }
 
+    /// Adds every sample of `other`.
+    pub fn append(&mut self, mut other: Samples) {
+        self.values.append(&mut other.values);
+    }
+
     pub fn len(&self) -> usize {
         self.values.len()
     }
@@ -29,6 +34,12 @@ impl Samples {
         self.values.sort_unstable();
         let rank = ((p / 100.0) * self.values.len() as f64).ceil() as usize;
         self.values[rank.clamp(1, self.values.len()) - 1]
+    }
+}
+
+impl Extend<Duration> for Samples {
+    fn extend<I: IntoIterator<Item = Duration>>(&mut self, iter: I) {
+        self.values.extend(iter);
     }
 }
 

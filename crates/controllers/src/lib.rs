@@ -63,6 +63,9 @@ pub struct ControllerConfig {
     pub cluster_cidr: nodeipam::ClusterCidr,
     /// Pod garbage collection (`--terminated-pod-gc-threshold`).
     pub pod_gc: podgc::PodGcConfig,
+    /// The cluster CA (PEM) published as `kube-root-ca.crt` in every
+    /// namespace; `None` publishes nothing.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -72,6 +75,7 @@ impl Default for ControllerConfig {
             node_lifecycle: Default::default(),
             cluster_cidr: Default::default(),
             pod_gc: Default::default(),
+            root_ca_pem: None,
         }
     }
 }

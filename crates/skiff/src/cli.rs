@@ -20,9 +20,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane: the API server on the cluster store (the
-    /// scheduler, controllers and a local node agent join in later issues).
+    /// Run the control plane (API server on the cluster store, scheduler,
+    /// controller manager) and a local node agent.
     Server(ServerArgs),
+    /// Run a node agent that joins a server.
+    Agent(AgentArgs),
     /// Run only the scheduler, against any cluster a kubeconfig points at.
     Scheduler(ComponentArgs),
     /// Run only the controller manager, against any cluster a kubeconfig points at.
@@ -91,6 +93,94 @@ pub struct ServerArgs {
     /// The range nodes' pod CIDRs come from.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// Terminated pods kept before the pod garbage collector deletes the
+    /// oldest (0 keeps all).
+    #[arg(long, default_value_t = 12_500)]
+    pub terminated_pod_gc_threshold: usize,
+    /// Do not run a node agent in this server.
+    #[arg(long)]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Flags of the node agent, shared by `server` and `agent`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's InternalIP (default: the address of the default route).
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Extra node labels, key=value (repeatable).
+    #[arg(long = "node-label")]
+    pub node_label: Vec<String>,
+    /// Taints to register with, key[=value]:Effect (repeatable).
+    #[arg(long = "node-taint")]
+    pub node_taint: Vec<String>,
+    /// Cluster DNS server written into pods' resolv.conf.
+    #[arg(long, default_value = "10.43.0.10")]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// Port of the agent's HTTPS server (logs, exec), the kubelet's 10250.
+    #[arg(long, default_value_t = 10250)]
+    pub agent_port: u16,
+    /// A CRI endpoint (e.g. unix:///run/containerd/containerd.sock) to run
+    /// pods with instead of the built-in runtime.
+    #[arg(long)]
+    pub container_runtime_endpoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The server to join, https://HOST:6443.
+    #[arg(long, env = "SKIFF_URL", required_unless_present = "kubeconfig")]
+    pub server: Option<String>,
+    /// The cluster's shared token.
+    #[arg(long, env = "SKIFF_TOKEN")]
+    pub token: Option<String>,
+    /// CA certificate to verify the server with (default: not verified,
+    /// with a warning).
+    #[arg(long)]
+    pub server_ca: Option<PathBuf>,
+    /// A kubeconfig to use instead of --server and --token.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the agent keeps its state.
+    #[arg(
+        long,
+        short = 'd',
+        env = "SKIFF_DATA_DIR",
+        default_value = "/var/lib/skiff"
+    )]
+    pub data_dir: PathBuf,
+    /// The cluster's pod range (traffic inside it is not masqueraded).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+impl NodeArgs {
+    fn options(
+        &self,
+        data_dir: &std::path::Path,
+        cluster_cidr: &str,
+        token: Option<String>,
+    ) -> crate::agent::AgentOptions {
+        crate::agent::AgentOptions {
+            data_dir: data_dir.to_path_buf(),
+            node_name: self.node_name.clone(),
+            node_ip: self.node_ip,
+            node_labels: self.node_label.clone(),
+            node_taints: self.node_taint.clone(),
+            cluster_cidr: cluster_cidr.to_string(),
+            cluster_dns: self.cluster_dns.clone(),
+            agent_port: self.agent_port,
+            token,
+            container_runtime_endpoint: self.container_runtime_endpoint.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +237,45 @@ impl ControllerManagerArgs {
 pub enum BenchCommand {
     /// The cluster store: embedded vs a real etcd, side by side.
     Store(BenchStoreArgs),
+    /// The Kubernetes API over HTTPS: creates, gets, lists, watch fan-out
+    /// and the server's memory.
+    Api(BenchApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchApiArgs {
+    /// Directory on the disk to measure (the scratch data goes below it).
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
+    /// Run the server on an etcd the benchmark starts (/usr/bin/etcd, data
+    /// under a temp dir) instead of the embedded store.
+    #[arg(long, conflicts_with = "datastore_endpoint")]
+    pub etcd: bool,
+    /// Run the server on this running etcd instead of the embedded store.
+    #[arg(long)]
+    pub datastore_endpoint: Option<String>,
+    /// Serve from this process instead of a `skiff server` child process
+    /// (memory figures then include the benchmark's clients).
+    #[arg(long)]
+    pub in_process: bool,
+    /// Concurrent clients for creates and gets.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// ConfigMaps created.
+    #[arg(long, default_value_t = 5_000)]
+    pub creates: usize,
+    /// Gets of created ConfigMaps.
+    #[arg(long, default_value_t = 20_000)]
+    pub gets: usize,
+    /// Objects in the listed namespace.
+    #[arg(long, default_value_t = 10_000)]
+    pub list_objects: usize,
+    /// Watchers for the fan-out figure.
+    #[arg(long, default_value_t = 1_000)]
+    pub watchers: usize,
+    /// Writes timed for the fan-out figure.
+    #[arg(long, default_value_t = 50)]
+    pub watch_writes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -198,7 +327,9 @@ impl DatastoreArgs {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => server(args).await,
+        Command::Agent(args) => agent(args).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
+        Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
         Command::Scheduler(args) => {
             let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
             skiff_scheduler::run(
@@ -242,13 +373,17 @@ async fn server(args: ServerArgs) -> Result<()> {
         revision = store.current_revision().await?,
         "datastore ready"
     );
+    let token = match args.token.clone() {
+        Some(t) => t,
+        None => server_token(&args.data_dir)?,
+    };
     let server = skiff_apiserver::Server::bind(
         skiff_apiserver::ServerConfig {
             data_dir: args.data_dir.clone(),
             bind_address: args.bind_address,
             https_listen_port: args.https_listen_port,
             tls_sans: args.tls_san,
-            token: args.token,
+            token: Some(token.clone()),
             write_kubeconfig: args.write_kubeconfig,
         },
         store,
@@ -276,10 +411,15 @@ async fn server(args: ServerArgs) -> Result<()> {
                     args.cluster_cidr
                 )
             })?;
-        let config = skiff_controllers::ControllerConfig {
+        let root_ca_pem = std::fs::read_to_string(args.data_dir.join("tls").join("server-ca.crt"))
+            .map_err(|e| tracing::warn!(error = %e, "reading the cluster CA to publish"))
+            .ok();
+        let mut config = skiff_controllers::ControllerConfig {
             cluster_cidr,
+            root_ca_pem,
             ..Default::default()
         };
+        config.pod_gc.terminated_pod_threshold = args.terminated_pod_gc_threshold;
         components.push(tokio::spawn(skiff_controllers::run_with_leader_election(
             client,
             config,
@@ -298,6 +438,19 @@ async fn server(args: ServerArgs) -> Result<()> {
             },
         )));
     }
+    if !args.disable_agent {
+        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
+            .await
+            .context("connecting the node agent to the API server")?;
+        let opts = args
+            .node
+            .options(&args.data_dir, &args.cluster_cidr, Some(token.clone()));
+        components.push(tokio::spawn(async move {
+            if let Err(e) = crate::agent::run(client, opts).await {
+                tracing::error!(error = format!("{e:#}"), "the node agent stopped");
+            }
+        }));
+    }
     let result = api.await;
     for c in components {
         c.abort();
@@ -305,6 +458,82 @@ async fn server(args: ServerArgs) -> Result<()> {
     result.context("the API server task failed")?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// The cluster's shared token: `<data-dir>/token`, made on first start
+/// (k3s keeps its own in the same way).
+fn server_token(data_dir: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+/// `skiff agent`: a node agent joining a server.
+async fn agent(args: AgentArgs) -> Result<()> {
+    let kubeconfig = match (&args.kubeconfig, &args.server) {
+        (Some(k), _) => k.clone(),
+        (None, Some(server)) => {
+            let token = args
+                .token
+                .clone()
+                .context("--token is needed with --server")?;
+            let dir = args.data_dir.join("agent");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let tls = match &args.server_ca {
+                Some(ca) => format!("certificate-authority: {}", ca.display()),
+                None => {
+                    tracing::warn!(
+                        "--server-ca not given: the server's certificate is not verified"
+                    );
+                    "insecure-skip-tls-verify: true".to_string()
+                }
+            };
+            let path = dir.join("agent.kubeconfig");
+            let contents = format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    {tls}\nusers:\n- name: agent\n  user:\n    token: {token}\ncontexts:\n- name: skiff\n  context: {{cluster: skiff, user: agent}}\ncurrent-context: skiff\n"
+            );
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            path
+        }
+        (None, None) => anyhow::bail!("either --server and --token, or --kubeconfig"),
+    };
+    let client = skiff_client::client_from_kubeconfig(&kubeconfig)
+        .await
+        .context("connecting to the server")?;
+    let opts = args
+        .node
+        .options(&args.data_dir, &args.cluster_cidr, args.token.clone());
+    tokio::select! {
+        r = crate::agent::run(client, opts) => r,
+        _ = shutdown_signal() => {
+            tracing::info!("agent stopped");
+            Ok(())
+        }
+    }
 }
 
 /// A leader-election identity unique to this process.
@@ -353,5 +582,34 @@ async fn bench_store(args: BenchStoreArgs) -> Result<()> {
         ..Default::default()
     };
     skiff_bench::store::run(config).await?;
+    Ok(())
+}
+
+async fn bench_api(args: BenchApiArgs) -> Result<()> {
+    let server = if args.in_process {
+        skiff_bench::api::ServerMode::InProcess
+    } else {
+        skiff_bench::api::ServerMode::Binary(
+            std::env::current_exe().context("finding the skiff binary")?,
+        )
+    };
+    let datastore = match (args.etcd, args.datastore_endpoint) {
+        (_, Some(endpoint)) => skiff_bench::api::Datastore::Endpoint(endpoint),
+        (true, None) => skiff_bench::api::Datastore::StartEtcd,
+        (false, None) => skiff_bench::api::Datastore::Embedded,
+    };
+    let config = skiff_bench::api::ApiBenchConfig {
+        clients: args.clients,
+        creates: args.creates,
+        gets: args.gets,
+        list_objects: args.list_objects,
+        watchers: args.watchers,
+        watch_writes: args.watch_writes,
+        work_dir: args.work_dir,
+        server,
+        datastore,
+        ..Default::default()
+    };
+    skiff_bench::api::run(config).await?;
     Ok(())
 }

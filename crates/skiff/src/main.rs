@@ -1,6 +1,7 @@
 //! The `skiff` binary: flag parsing and wiring only. Behaviour lives in the
 //! component crates.
 
+mod agent;
 mod cli;
 
 use anyhow::Result;

@@ -21,6 +21,10 @@ impl SkiffServer {
             .arg(data_dir)
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(port.to_string())
+            // These tests run on the host's network: no node agent (it
+            // would program the host's network). Nodes are tested in
+            // network namespaces (tests/node.rs).
+            .arg("--disable-agent")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

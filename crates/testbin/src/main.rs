@@ -14,7 +14,7 @@ use std::time::Duration;
 
 const USAGE: &str = "usage: skiff-testbin <command> [args]
 commands:
-  pause                          sleep until SIGTERM/SIGINT, then exit 0
+  pause                          print 'paused', sleep until SIGTERM/SIGINT, exit 0
   sleep SECONDS                  sleep, then exit 0
   exit CODE                      exit with CODE
   print TEXT...                  print TEXT on stdout (one line)
@@ -62,11 +62,18 @@ fn main() -> ExitCode {
 
 fn run(command: &str, args: &[String]) -> Result<u8, String> {
     match command {
-        "pause" => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
+        "pause" => {
+            // Printed once the SIGTERM handler is in place: tests wait for it.
+            println!("paused");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "sleep" => {
-            let seconds: f64 = arg(args, 0)?.parse().map_err(|e| format!("bad SECONDS: {e}"))?;
+            let seconds: f64 = arg(args, 0)?
+                .parse()
+                .map_err(|e| format!("bad SECONDS: {e}"))?;
             std::thread::sleep(Duration::from_secs_f64(seconds));
             Ok(0)
         }
@@ -123,7 +130,9 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
 }
 
 fn arg(args: &[String], index: usize) -> Result<&str, String> {
-    args.get(index).map(String::as_str).ok_or_else(|| format!("missing argument {}\n{USAGE}", index + 1))
+    args.get(index)
+        .map(String::as_str)
+        .ok_or_else(|| format!("missing argument {}\n{USAGE}", index + 1))
 }
 
 fn hostname() -> String {
@@ -140,7 +149,9 @@ fn connect(target: &str) -> bool {
     let Ok(addrs) = target.to_socket_addrs() else {
         return false;
     };
-    addrs.into_iter().any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+    addrs
+        .into_iter()
+        .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
 }
 
 fn netexec(args: &[String]) -> Result<u8, String> {
@@ -154,7 +165,10 @@ fn netexec(args: &[String]) -> Result<u8, String> {
         };
         let value = match inline {
             Some(v) => v,
-            None => iter.next().cloned().ok_or_else(|| format!("{name} needs a value"))?,
+            None => iter
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))?,
         };
         let port: u16 = value.parse().map_err(|e| format!("bad {name}: {e}"))?;
         match name {
@@ -164,14 +178,16 @@ fn netexec(args: &[String]) -> Result<u8, String> {
         }
     }
     if let Some(port) = tcp_port {
-        let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("tcp port {port}: {e}"))?;
+        let listener =
+            TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("tcp port {port}: {e}"))?;
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 std::thread::spawn(move || tcp_echo(stream));
             }
         });
     }
-    let listener = TcpListener::bind(("0.0.0.0", http_port)).map_err(|e| format!("http port {http_port}: {e}"))?;
+    let listener = TcpListener::bind(("0.0.0.0", http_port))
+        .map_err(|e| format!("http port {http_port}: {e}"))?;
     println!("netexec serving HTTP on :{http_port}");
     let _ = std::io::stdout().flush();
     for stream in listener.incoming().flatten() {

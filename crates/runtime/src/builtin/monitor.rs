@@ -1,0 +1,539 @@
+//! Processes that run containers through `libcontainer`.
+//!
+//! `libcontainer` clones processes and runs Rust code in them; doing that
+//! from the agent's multi-threaded async process is unsafe (a lock held by
+//! another thread at clone time stays held forever). So every
+//! `libcontainer` create/start/exec happens in a process forked from the
+//! agent, which is single-threaded from the start:
+//!
+//! - a container's **monitor** (forked twice and `setsid`, so it outlives an
+//!   agent restart) creates and starts the container with its stdout and
+//!   stderr on pipes, copies them into the CRI log file, waits for the
+//!   container's init process (its child) and writes `exit.json`;
+//! - an **exec helper** (forked once) runs one command in a running
+//!   container as a tenant process with the caller's pipes as stdio, waits
+//!   for it and reports its exit code.
+//!
+//! Both report back on a pipe, one line at a time: `ok <pid>`, `exit <code>`,
+//! or `err <message>`.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
+use serde::{Deserialize, Serialize};
+
+use super::logs::{LogSink, Stream};
+use crate::api::{Error, Result};
+
+/// How a container ended, written by its monitor to `exit.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The exit code, or 128 + the signal number.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// The memory cgroup saw an OOM kill.
+    pub oom_killed: bool,
+    /// Nanoseconds since the epoch.
+    pub finished_at: i64,
+    /// Set when the container could not be started at all.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What a monitor needs to start a container.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub id: String,
+    /// `libcontainer`'s state root.
+    pub youki_root: PathBuf,
+    /// The OCI bundle (holds `config.json`).
+    pub bundle: PathBuf,
+    pub log_path: PathBuf,
+    /// Where `exit.json` and `monitor.log` go.
+    pub state_dir: PathBuf,
+    /// The container's cgroup path (to read OOM kills from).
+    pub cgroups_path: String,
+}
+
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn nix_io(context: &str) -> impl FnOnce(nix::Error) -> Error + '_ {
+    move |e| Error::Io {
+        context: context.to_string(),
+        source: io::Error::from(e),
+    }
+}
+
+/// Exit code by shell convention.
+pub fn exit_code_of(status: WaitStatus) -> (i32, Option<i32>) {
+    match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    }
+}
+
+/// Reaps `pid` and returns its status.
+pub fn reap(pid: Pid) -> WaitStatus {
+    loop {
+        match waitpid(pid, None) {
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return s,
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(_) => return WaitStatus::Exited(pid, 255),
+        }
+    }
+}
+
+/// In a freshly forked child: no logging through the agent's subscriber
+/// (its locks may be held by threads that do not exist here), stdio on
+/// `/dev/null` and `log` (if given), every other descriptor closed but `keep`.
+fn detach_child_io(keep: &[RawFd], log: Option<&Path>) {
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    let log_file = log.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    if let Ok(null) = &devnull {
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            let out = log_file
+                .as_ref()
+                .map(|f| f.as_raw_fd())
+                .unwrap_or(null.as_raw_fd());
+            libc::dup2(out, 1);
+            libc::dup2(out, 2);
+        }
+    }
+    drop(devnull);
+    drop(log_file);
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+fn report(fd: &mut File, line: &str) {
+    let one_line = line.replace('\n', " ");
+    let _ = writeln!(fd, "{one_line}");
+    let _ = fd.flush();
+}
+
+/// Reads the next report line (`None` at EOF).
+fn read_report(reader: &mut BufReader<File>) -> Option<String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end().to_string()),
+    }
+}
+
+fn parse_pid(line: Option<String>, what: &str) -> Result<i32> {
+    match line {
+        Some(l) if l.starts_with("ok ") => l[3..]
+            .trim()
+            .parse()
+            .map_err(|_| Error::Runtime(format!("{what}: bad report {l:?}"))),
+        Some(l) if l.starts_with("err ") => Err(Error::Runtime(format!("{what}: {}", &l[4..]))),
+        Some(l) => Err(Error::Runtime(format!("{what}: unexpected report {l:?}"))),
+        None => Err(Error::Runtime(format!(
+            "{what}: the helper process died without reporting"
+        ))),
+    }
+}
+
+/// Starts a container under a new monitor process (blocking); returns the
+/// pid of the container's init process.
+pub fn start_container(req: &StartRequest) -> Result<i32> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the report pipe"))?;
+    // SAFETY: the child only runs `first_child`, which never returns.
+    match unsafe { fork() }.map_err(nix_io("forking the container monitor"))? {
+        ForkResult::Child => {
+            drop(r);
+            let code =
+                std::panic::catch_unwind(AssertUnwindSafe(|| first_child(req, w))).unwrap_or(1);
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut reader = BufReader::new(File::from(r));
+            let line = read_report(&mut reader);
+            // The first child exits right after forking the monitor.
+            reap(child);
+            parse_pid(line, &format!("starting container {}", req.id))
+        }
+    }
+}
+
+fn first_child(req: &StartRequest, report_fd: OwnedFd) -> i32 {
+    let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    let _ = setsid();
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = std::panic::catch_unwind(AssertUnwindSafe(|| monitor_main(req, report_fd)))
+                .unwrap_or(1);
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { .. }) => 0,
+        Err(e) => {
+            report(
+                &mut File::from(report_fd),
+                &format!("err forking the monitor: {e}"),
+            );
+            1
+        }
+    }
+}
+
+fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
+    detach_child_io(
+        &[report_fd.as_raw_fd()],
+        Some(&req.state_dir.join("monitor.log")),
+    );
+    let mut report_file = File::from(report_fd);
+    let sink = match LogSink::open(&req.log_path) {
+        Ok(s) => s,
+        Err(e) => {
+            report(
+                &mut report_file,
+                &format!("err opening log {}: {e}", req.log_path.display()),
+            );
+            return 1;
+        }
+    };
+    let started = (|| -> std::result::Result<(i32, OwnedFd, OwnedFd), String> {
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stdout pipe: {e}"))?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stderr pipe: {e}"))?;
+        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        use libcontainer::container::builder::ContainerBuilder;
+        use libcontainer::syscall::syscall::SyscallType;
+        let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
+            .with_root_path(&req.youki_root)
+            .map_err(|e| format!("{e}"))?
+            .with_stdin(OwnedFd::from(devnull))
+            .with_stdout(out_w)
+            .with_stderr(err_w)
+            .as_init(&req.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| format!("creating the container: {e}"))?;
+        container
+            .start()
+            .map_err(|e| format!("starting the container: {e}"))?;
+        let pid = container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or("no pid after start")?;
+        Ok((pid, out_r, err_r))
+    })();
+    let (pid, out_r, err_r) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            report(&mut report_file, &format!("err {e}"));
+            return 1;
+        }
+    };
+    report(&mut report_file, &format!("ok {pid}"));
+    drop(report_file);
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        let sink = sink.clone();
+        let done = done_tx.clone();
+        std::thread::spawn(move || {
+            sink.copy(stream, File::from(fd));
+            let _ = done.send(());
+        });
+    }
+    drop(done_tx);
+    let status = reap(Pid::from_raw(pid));
+    // Processes left in the host PID namespace may hold the pipes open: do
+    // not wait for them forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let (exit_code, signal) = exit_code_of(status);
+    let info = ExitInfo {
+        exit_code,
+        signal,
+        oom_killed: oom_kills(&req.cgroups_path) > 0,
+        finished_at: now_nanos(),
+        error: None,
+    };
+    let _ = write_exit_info(&req.state_dir, &info);
+    0
+}
+
+pub fn write_exit_info(state_dir: &Path, info: &ExitInfo) -> Result<()> {
+    let bytes =
+        serde_json::to_vec(info).map_err(|e| Error::Runtime(format!("encoding exit info: {e}")))?;
+    crate::images::write_atomic(&state_dir.join("exit.json"), &bytes)
+}
+
+/// `exit.json` of a container, if its monitor wrote one.
+pub fn read_exit_info(state_dir: &Path) -> Option<ExitInfo> {
+    let bytes = std::fs::read(state_dir.join("exit.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// OOM kills recorded by the container's memory cgroup (v1 `memory.oom_control`
+/// or v2 `memory.events`).
+pub fn oom_kills(cgroups_path: &str) -> u64 {
+    let rel = cgroups_path.trim_start_matches('/');
+    let candidates = [
+        (
+            PathBuf::from("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control"),
+            "oom_kill",
+        ),
+        (
+            PathBuf::from("/sys/fs/cgroup")
+                .join(rel)
+                .join("memory.events"),
+            "oom_kill",
+        ),
+    ];
+    for (path, key) in candidates {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return parse_counter(&text, key).unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// A `key value` line's value from a cgroup stat file.
+pub fn parse_counter(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// What an exec helper needs.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub container_id: String,
+    pub youki_root: PathBuf,
+    pub args: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub cwd: Option<PathBuf>,
+}
+
+/// A running exec helper: the pipes of the command and the report channel.
+#[derive(Debug)]
+pub struct ExecChild {
+    pub helper: Pid,
+    /// The exec'd process (in the container's PID namespace as seen from the host).
+    pub pid: i32,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    reports: BufReader<File>,
+}
+
+impl ExecChild {
+    /// Waits (blocking) for the command's exit code, then reaps the helper.
+    pub fn wait(mut self) -> Result<i32> {
+        let line = read_report(&mut self.reports);
+        reap(self.helper);
+        match line {
+            Some(l) if l.starts_with("exit ") => l[5..]
+                .trim()
+                .parse()
+                .map_err(|_| Error::Runtime(format!("exec: bad report {l:?}"))),
+            Some(l) if l.starts_with("err ") => Err(Error::Runtime(format!("exec: {}", &l[4..]))),
+            other => Err(Error::Runtime(format!(
+                "exec: helper ended without an exit code ({other:?})"
+            ))),
+        }
+    }
+
+    /// The report descriptor, to poll for the exit line with a timeout.
+    pub fn report_fd(&self) -> RawFd {
+        self.reports.get_ref().as_raw_fd()
+    }
+}
+
+/// Starts a command in a running container (blocking until it runs).
+pub fn spawn_exec(spec: &ExecSpec, with_stdin: bool) -> Result<ExecChild> {
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the report pipe"))?;
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdout pipe"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stderr pipe"))?;
+    let (in_r, in_w) = if with_stdin {
+        let (a, b) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdin pipe"))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
+    // SAFETY: the child only runs `exec_helper_main`, which never returns.
+    match unsafe { fork() }.map_err(nix_io("forking the exec helper"))? {
+        ForkResult::Child => {
+            let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                drop((r, out_r, err_r, in_w));
+                exec_helper_main(spec, w, out_w, err_w, in_r)
+            }))
+            .unwrap_or(1);
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop((w, out_w, err_w, in_r));
+            let mut reports = BufReader::new(File::from(r));
+            let pid = match parse_pid(
+                read_report(&mut reports),
+                &format!("exec in {}", spec.container_id),
+            ) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    reap(child);
+                    return Err(e);
+                }
+            };
+            Ok(ExecChild {
+                helper: child,
+                pid,
+                stdin: in_w,
+                stdout: Some(out_r),
+                stderr: Some(err_r),
+                reports,
+            })
+        }
+    }
+}
+
+fn exec_helper_main(
+    spec: &ExecSpec,
+    report_fd: OwnedFd,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+    in_r: Option<OwnedFd>,
+) -> i32 {
+    let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    let keep: Vec<RawFd> = [
+        Some(report_fd.as_raw_fd()),
+        Some(out_w.as_raw_fd()),
+        Some(err_w.as_raw_fd()),
+        in_r.as_ref().map(|f| f.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    detach_child_io(&keep, None);
+    let mut report_file = File::from(report_fd);
+    let stdin = match in_r {
+        Some(fd) => fd,
+        None => match File::open("/dev/null") {
+            Ok(f) => OwnedFd::from(f),
+            Err(e) => {
+                report(&mut report_file, &format!("err /dev/null: {e}"));
+                return 1;
+            }
+        },
+    };
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+    let built = ContainerBuilder::new(spec.container_id.clone(), SyscallType::Linux)
+        .with_root_path(&spec.youki_root)
+        .map(|b| {
+            b.with_stdin(stdin)
+                .with_stdout(out_w)
+                .with_stderr(err_w)
+                .as_tenant()
+                .with_container_args(spec.args.clone())
+                .with_detach(true)
+                .with_user(Some(spec.uid))
+                .with_group(Some(spec.gid))
+                .with_additional_gids(spec.additional_gids.clone())
+                .with_cwd(spec.cwd.clone())
+                .build()
+        });
+    let pid = match built {
+        Ok(Ok(pid)) => pid.as_raw(),
+        Ok(Err(e)) | Err(e) => {
+            report(&mut report_file, &format!("err {e}"));
+            return 1;
+        }
+    };
+    report(&mut report_file, &format!("ok {pid}"));
+    let (code, _) = exit_code_of(reap(Pid::from_raw(pid)));
+    report(&mut report_file, &format!("exit {code}"));
+    0
+}
+
+/// Waits until `fd` is readable or `timeout` passes; `true` if readable.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return rc > 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counters_parse_from_cgroup_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_counter(v1, "oom_kill"), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_counter(v2, "oom_kill"), Some(1));
+        assert_eq!(parse_counter("under_oom 0\n", "oom_kill"), None);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        let pid = Pid::from_raw(1);
+        assert_eq!(exit_code_of(WaitStatus::Exited(pid, 3)), (3, None));
+        assert_eq!(
+            exit_code_of(WaitStatus::Signaled(
+                pid,
+                nix::sys::signal::Signal::SIGKILL,
+                false
+            )),
+            (137, Some(9))
+        );
+    }
+}

@@ -1,0 +1,549 @@
+//! The built-in runtime against the real kernel: sandboxes, containers of
+//! the test image (`skiff-testbin`), logs, exits, OOM kills, exec, and a
+//! shared network namespace. Needs root (namespaces, mounts, cgroups); as
+//! another user every test says so and passes without running.
+//! Nothing here touches a real network: each sandbox has its own network
+//! namespace with only `lo`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skiff_runtime::cri_types as cri;
+use skiff_runtime::{BuiltinConfig, BuiltinRuntime, ImageService, NoNetwork, RuntimeService};
+use skiff_testing::{ArchiveFormat, TEST_IMAGE, test_image_archive_as};
+
+struct Fixture {
+    rt: BuiltinRuntime,
+    dir: tempfile::TempDir,
+    cgroup_root: String,
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipped: the built-in runtime tests need root");
+        false
+    }
+}
+
+async fn fixture() -> Fixture {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("skiff_runtime=debug")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::Builder::new()
+        .prefix("skiff-rt-")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir");
+    let cgroup_root = format!("/skiff-test-{}", uuid_like());
+    let rt = open(dir.path(), &cgroup_root);
+    let archive = test_image_archive_as(ArchiveFormat::DockerArchive).expect("test image");
+    rt.import_image_archive(&archive)
+        .await
+        .expect("import test image");
+    Fixture {
+        rt,
+        dir,
+        cgroup_root,
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn open(root: &Path, cgroup_root: &str) -> BuiltinRuntime {
+    let mut config = BuiltinConfig::new(root.join("runtime"));
+    config.cgroup_root = cgroup_root.to_string();
+    BuiltinRuntime::new(config, Arc::new(NoNetwork)).expect("open runtime")
+}
+
+impl Fixture {
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs().join(name).display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            ..Default::default()
+        }
+    }
+
+    async fn sandbox(&self, name: &str) -> (String, cri::PodSandboxConfig) {
+        let config = self.sandbox_config(name);
+        let id = self
+            .rt
+            .run_pod_sandbox(config.clone())
+            .await
+            .expect("run sandbox");
+        (id, config)
+    }
+
+    async fn container(
+        &self,
+        sandbox: &(String, cri::PodSandboxConfig),
+        name: &str,
+        args: &[&str],
+        customize: impl FnOnce(&mut cri::ContainerConfig),
+    ) -> String {
+        let mut config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: TEST_IMAGE.into(),
+                ..Default::default()
+            }),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            ..Default::default()
+        };
+        customize(&mut config);
+        let id = self
+            .rt
+            .create_container(&sandbox.0, config, &sandbox.1)
+            .await
+            .expect("create container");
+        self.rt.start_container(&id).await.expect("start container");
+        id
+    }
+
+    async fn wait_exited(&self, id: &str, limit: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.rt.container_status(id).await.expect("status");
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still running: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn cleanup(self) {
+        for s in self.rt.list_pod_sandbox(None).await.unwrap_or_default() {
+            if let Err(e) = self.rt.remove_pod_sandbox(&s.id).await {
+                eprintln!("cleanup of sandbox {}: {e}", s.id);
+            }
+        }
+    }
+}
+
+impl Drop for Fixture {
+    /// Best effort after a failed test: kill the containers and lift the
+    /// mounts so the temp dir can go.
+    fn drop(&mut self) {
+        let containers = self.dir.path().join("runtime/containers");
+        for entry in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let record: serde_json::Value = std::fs::read(entry.path().join("container.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if let Some(pid) = record["pid"].as_i64()
+                && !entry.path().join("exit.json").exists()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let prefix = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The per-test parent cgroup, and the containers' own when a failed
+        // test left them behind.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let parent = hierarchy.path().join(&self.cgroup_root[1..]);
+            for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if child.path().is_dir() {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+async fn wait_for_log_line(path: &str, content: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_lines(path)
+        .iter()
+        .any(|l| l.ends_with(&format!(" F {content}")))
+    {
+        assert!(Instant::now() < deadline, "no {content:?} in {path}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn log_lines(path: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_that_prints_and_exits_leaves_cri_log_lines_and_its_exit_code() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("printer").await;
+    let ok = f
+        .container(&sb, "hello", &["print", "hello from skiff"], |_| {})
+        .await;
+    let status = f.wait_exited(&ok, Duration::from_secs(20)).await;
+    assert_eq!(status.exit_code, 0);
+    assert_eq!(status.reason, "Completed");
+    assert!(status.finished_at >= status.started_at && status.started_at > 0);
+    let lines = log_lines(&status.log_path);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let parts: Vec<&str> = lines[0].splitn(4, ' ').collect();
+    assert_eq!(parts[1..], ["stdout", "F", "hello from skiff"]);
+    assert!(
+        parts[0].ends_with('Z') && parts[0].len() == 30,
+        "timestamp {}",
+        parts[0]
+    );
+
+    let failing = f.container(&sb, "fail", &["exit", "3"], |_| {}).await;
+    let status = f.wait_exited(&failing, Duration::from_secs(20)).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_running_container_stops_on_sigterm_before_the_timeout() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("pauser").await;
+    let id = f.container(&sb, "pause", &["pause"], |_| {}).await;
+    let status = f.rt.container_status(&id).await.unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    // Before its handler is installed, PID 1 of a PID namespace ignores SIGTERM.
+    wait_for_log_line(&status.log_path, "paused").await;
+    let started = Instant::now();
+    f.rt.stop_container(&id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM was not honoured"
+    );
+    let status = f.rt.container_status(&id).await.unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    // testbin exits 0 on SIGTERM.
+    assert_eq!(status.exit_code, 0);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_over_its_memory_limit_is_reported_oom_killed() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("hog").await;
+    let id = f
+        .container(&sb, "hog", &["alloc-memory", "200"], |c| {
+            c.linux = Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 32 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        })
+        .await;
+    let status = f.wait_exited(&id, Duration::from_secs(30)).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    assert_eq!(status.exit_code, 137);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_returns_output_and_exit_code_of_the_command() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("execd").await;
+    let id = f
+        .container(&sb, "main", &["pause"], |c| {
+            c.envs = vec![cri::KeyValue {
+                key: "GREETING".into(),
+                value: "hi".into(),
+            }];
+        })
+        .await;
+    let out =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "env".into(), "GREETING".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, String::from_utf8_lossy(&out.stdout).as_ref()),
+        (0, "hi\n")
+    );
+    let out =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "hostname".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "execd\n");
+    let out =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "exit".into(), "7".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 7);
+    let out =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "cat".into(), "/nonexistent".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+    let slow =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "sleep".into(), "30".into()],
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(slow.is_err(), "a command over its timeout must fail");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_of_one_sandbox_share_its_network_namespace() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("web").await;
+    let server = f
+        .container(
+            &sb,
+            "server",
+            &["netexec", "--http-port", "8080", "--tcp-port", "8081"],
+            |_| {},
+        )
+        .await;
+    let client = f.container(&sb, "client", &["pause"], |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out =
+            f.rt.exec_sync(
+                &client,
+                vec!["/testbin".into(), "connect".into(), "127.0.0.1:8080".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        if out.exit_code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "netexec in the same sandbox never became reachable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second sandbox has its own network namespace: nothing listens there.
+    let other = f.sandbox("elsewhere").await;
+    let stranger = f.container(&other, "stranger", &["pause"], |_| {}).await;
+    let out =
+        f.rt.exec_sync(
+            &stranger,
+            vec!["/testbin".into(), "connect".into(), "127.0.0.1:8080".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 1);
+    assert_eq!(
+        f.rt.container_status(&server).await.unwrap().state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopened_runtime_still_knows_its_sandboxes_and_containers() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("survivor").await;
+    let id = f.container(&sb, "main", &["pause"], |_| {}).await;
+    let again = open(f.dir.path(), &f.cgroup_root);
+    let status = again.container_status(&id).await.unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(again.list_pod_sandbox(None).await.unwrap().len(), 1);
+    again
+        .stop_container(&id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.rt.container_status(&id).await.unwrap().state,
+        cri::ContainerState::ContainerExited as i32
+    );
+    again.remove_pod_sandbox(&sb.0).await.unwrap();
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_select_by_sandbox_state_and_labels() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let a = f.sandbox("alpha").await;
+    let b = f.sandbox("beta").await;
+    let running = f
+        .container(&a, "run", &["pause"], |c| {
+            c.labels = HashMap::from([("tier".into(), "web".into())])
+        })
+        .await;
+    let done = f.container(&b, "done", &["exit", "0"], |_| {}).await;
+    f.wait_exited(&done, Duration::from_secs(20)).await;
+    let by_state =
+        f.rt.list_containers(Some(cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_state.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [running.as_str()]
+    );
+    let by_sandbox =
+        f.rt.list_containers(Some(cri::ContainerFilter {
+            pod_sandbox_id: b.0.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_sandbox.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [done.as_str()]
+    );
+    let by_label =
+        f.rt.list_containers(Some(cri::ContainerFilter {
+            label_selector: HashMap::from([("tier".into(), "web".into())]),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(by_label.len(), 1);
+    let sandboxes =
+        f.rt.list_pod_sandbox(Some(cri::PodSandboxFilter {
+            label_selector: HashMap::from([("app".into(), "beta".into())]),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        sandboxes.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        [b.0.as_str()]
+    );
+    f.rt.stop_pod_sandbox(&a.0).await.unwrap();
+    let status = f.rt.pod_sandbox_status(&a.0).await.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxNotready as i32);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_import_from_both_archive_formats_and_resolve_by_name_and_id() {
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let oci = test_image_archive_as(ArchiveFormat::OciLayout).unwrap();
+    let imported = f.rt.import_image_archive(&oci).await.unwrap();
+    assert_eq!(imported.len(), 1);
+    assert_eq!(imported[0].repo_tags, [TEST_IMAGE]);
+    let spec = |image: &str| cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    let status =
+        f.rt.image_status(spec(TEST_IMAGE))
+            .await
+            .unwrap()
+            .expect("present");
+    assert_eq!(status.id, imported[0].id);
+    let by_id =
+        f.rt.image_status(spec(&status.id))
+            .await
+            .unwrap()
+            .expect("by id");
+    assert_eq!(by_id.repo_tags, [TEST_IMAGE]);
+    assert_eq!(
+        f.rt.pull_image(spec(TEST_IMAGE), None).await.unwrap(),
+        status.id
+    );
+    assert!(f.rt.image_status(spec("busybox")).await.unwrap().is_none());
+    assert_eq!(f.rt.list_images(None).await.unwrap().len(), 1);
+    f.rt.remove_image(spec(TEST_IMAGE)).await.unwrap();
+    assert!(f.rt.image_status(spec(TEST_IMAGE)).await.unwrap().is_none());
+    assert!(f.rt.list_images(None).await.unwrap().is_empty());
+    f.cleanup().await;
+}

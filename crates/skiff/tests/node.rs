@@ -1,0 +1,303 @@
+//! End to end, as root: `skiff server` with its local node agent, inside a
+//! network namespace this test creates (loopback plus a veth pair, both
+//! ends inside, for the node address; no route leaves it), driven by the real kubectl run in
+//! the same namespace. A Deployment from `kubectl apply` becomes real
+//! containers of the project's test image (imported from
+//! `<data-dir>/agent/images`), which become Ready through their readiness
+//! probe, reach each other by pod IP, and serve `kubectl logs` and
+//! `kubectl exec` through the API server's proxy to the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// A network namespace owned by the test, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(tag: &str) -> Result<Netns> {
+        let name = format!("skiff-e2e-{tag}-{}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        // The node's address on a veth pair whose both ends stay inside.
+        ns.ip(&["link", "add", "node0", "type", "veth", "peer", "name", "node0p"])?;
+        ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "node0"])?;
+        ns.ip(&["link", "set", "node0", "up"])?;
+        ns.ip(&["link", "set", "node0p", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command that runs inside the namespace (`nsenter`, which unlike
+    /// `ip netns exec` leaves /sys alone for the runtime's cgroups).
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+struct Server {
+    child: Child,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    server: Server,
+    netns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "this test runs containers and network namespaces: run it as root"
+        );
+        let netns = Netns::create("node")?;
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("server");
+        let images = data.join("agent").join("images");
+        std::fs::create_dir_all(&images)?;
+        std::fs::copy(
+            skiff_testing::test_image_archive(),
+            images.join("testbin.tar"),
+        )?;
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = netns
+            .command(env!("CARGO_BIN_EXE_skiff"))
+            .args(["server", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--https-listen-port",
+                "6443",
+                "--node-name",
+                "node-a",
+                "--node-ip",
+                "10.99.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting skiff server")?;
+        let server = Server {
+            child,
+            kubeconfig: data.join("cred/admin.kubeconfig"),
+        };
+        let cluster = Cluster { server, netns, dir };
+        cluster.wait_for(
+            &[
+                "get",
+                "node",
+                "node-a",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            "True",
+            Duration::from_secs(90),
+        )?;
+        Ok(cluster)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.netns
+            .command("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.server.kubeconfig)
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed: {}{}\nserver log tail:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn wait_for(&self, args: &[&str], want: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if !self.server.kubeconfig.exists() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            if let Ok(out) = self.kubectl(args) {
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if out.status.success() && last.trim() == want {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!(
+            "kubectl {args:?} never printed {want:?}; last: {last}\nserver log tail:\n{}",
+            self.log_tail()
+        )
+    }
+
+    fn write(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents)?;
+        Ok(path)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: netexec
+        image: skiff.test/testbin:1
+        imagePullPolicy: Never
+        args: ["netexec", "--http-port", "8080"]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe:
+          httpGet: {path: /healthz, port: http}
+          periodSeconds: 1
+        resources:
+          requests: {cpu: 50m, memory: 32Mi}
+          limits: {memory: 64Mi}
+"#;
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("utf-8 path")
+}
+
+#[test]
+fn a_deployment_applied_with_kubectl_runs_as_real_containers_on_the_local_node() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let file = cluster.write("web.yaml", DEPLOYMENT)?;
+    cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    cluster.ok(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+
+    let pods: serde_json::Value =
+        serde_json::from_str(&cluster.ok(&["get", "pods", "-l", "app=web", "-o", "json"])?)?;
+    let items = pods["items"].as_array().context("items")?;
+    ensure!(items.len() == 2, "{pods}");
+    let mut ips = Vec::new();
+    for pod in items {
+        ensure!(pod["status"]["phase"] == "Running", "{pod}");
+        ensure!(pod["spec"]["nodeName"] == "node-a", "{pod}");
+        ensure!(pod["status"]["hostIP"] == "10.99.0.1", "{pod}");
+        let ip = pod["status"]["podIP"].as_str().context("podIP")?;
+        ensure!(ip.starts_with("10.42."), "pod IP {ip} outside the pod CIDR");
+        let cs = &pod["status"]["containerStatuses"][0];
+        ensure!(
+            cs["ready"] == true && cs["state"]["running"].is_object(),
+            "{cs}"
+        );
+        ensure!(
+            cs["containerID"]
+                .as_str()
+                .is_some_and(|id| id.contains("://")),
+            "{cs}"
+        );
+        ips.push(ip.to_string());
+    }
+    let first = items[0]["metadata"]["name"].as_str().context("name")?;
+
+    // Logs and exec go through the API server to the agent.
+    let logs = cluster.ok(&["logs", first])?;
+    ensure!(logs.contains("netexec serving HTTP on :8080"), "{logs}");
+    let out = cluster.ok(&[
+        "exec", first, "--", "/testbin", "print", "hello", "from", "exec",
+    ])?;
+    ensure!(out.trim() == "hello from exec", "{out}");
+    // Pod to pod, by IP, across the node's bridge.
+    let target = format!("{}:8080", ips[1]);
+    cluster.ok(&["exec", first, "--", "/testbin", "connect", &target])?;
+    // The service account token is mounted.
+    let token = cluster.ok(&[
+        "exec",
+        first,
+        "--",
+        "/testbin",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    ])?;
+    ensure!(token.trim() == "default", "{token}");
+
+    // Scaling down and deleting stop the containers and remove the pods.
+    cluster.ok(&["delete", "deployment", "web"])?;
+    cluster.wait_for(
+        &["get", "pods", "-l", "app=web", "-o", "name"],
+        "",
+        Duration::from_secs(60),
+    )?;
+    Ok(())
+}
