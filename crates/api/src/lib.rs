@@ -7,6 +7,9 @@
 //! - [`openapi`]: OpenAPI v2/v3 documents generated from `k8s-openapi`'s
 //!   schemas; [`schema`]: unknown-field detection over the same schemas;
 //!   [`patch_meta`]: strategic-merge-patch list keys.
+//! - [`protobuf`]: Kubernetes' protobuf request bodies decoded into JSON
+//!   for every known kind, from a table generated out of `k8s-pb`
+//!   (`proto_table.rs`, by `tools/gen-proto-table.py`).
 //!
 //! Objects are handled as `serde_json::Value` so the same code serves every
 //! kind the API server stores generically.
@@ -14,5 +17,8 @@
 pub mod duration;
 pub mod openapi;
 pub mod patch_meta;
+#[rustfmt::skip]
+mod proto_table;
+pub mod protobuf;
 pub mod schema;
 pub mod table;

@@ -54,6 +54,17 @@ impl SchemaIndex {
         props.get(field).map(|s| self.shape(s))
     }
 
+    /// The property names of object definition `definition` (none when the
+    /// definition is unknown or not an object).
+    pub fn properties(&self, definition: &str) -> impl Iterator<Item = &str> {
+        self.defs
+            .get(definition)
+            .and_then(|d| d.get("properties"))
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|props| props.keys().map(String::as_str))
+    }
+
     fn shape(&self, schema: &Value) -> Shape {
         if let Some(r) = reference(schema) {
             return if self.is_object_definition(&r) {

@@ -45,8 +45,10 @@ pub fn user_from_certificate(der: &[u8]) -> Option<User> {
 
 /// Paths anyone may read, as Kubernetes' `system:public-info-viewer` allows.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
-        || path.starts_with("/healthz/")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+    ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
 }

@@ -470,6 +470,9 @@ pub async fn delete(
                 }
                 match state.store().delete(&key, Some(current.mod_revision)).await {
                     Ok(deleted) => {
+                        if (def.group, def.plural) == ("", "services") {
+                            crate::allocator::release_service(state, &last).await;
+                        }
                         let mut out = last;
                         registry::meta_mut(&mut out).insert(
                             "resourceVersion".into(),

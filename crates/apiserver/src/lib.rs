@@ -18,7 +18,9 @@
 //! - `metadata.resourceVersion` is never stored; it is the key's
 //!   `mod_revision`, filled in on the way out.
 
+pub mod allocator;
 pub mod auth;
+pub mod bootstrap;
 pub mod deletion;
 pub mod discovery;
 pub mod error;
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Also write the admin kubeconfig here.
     pub write_kubeconfig: Option<PathBuf>,
+    /// Where ClusterIPs and NodePorts come from.
+    pub service_ranges: allocator::ServiceRanges,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             tls_sans: Vec::new(),
             token: None,
             write_kubeconfig: None,
+            service_ranges: Default::default(),
         }
     }
 }
@@ -123,6 +128,7 @@ struct StateInner {
     metrics: Arc<metrics::Metrics>,
     watch_caches: watchcache::WatchCaches,
     token_signer: std::sync::OnceLock<Arc<satoken::TokenSigner>>,
+    service_ranges: std::sync::OnceLock<allocator::ServiceRanges>,
 }
 
 impl AppState {
@@ -138,6 +144,7 @@ impl AppState {
                 metrics,
                 watch_caches: Default::default(),
                 token_signer: Default::default(),
+                service_ranges: Default::default(),
             }),
         }
     }
@@ -154,6 +161,15 @@ impl AppState {
     /// (once; later calls are ignored).
     pub fn set_token_signer(&self, signer: Arc<satoken::TokenSigner>) {
         let _ = self.inner.token_signer.set(signer);
+    }
+
+    /// Sets the service address and node port ranges (once).
+    pub fn set_service_ranges(&self, ranges: allocator::ServiceRanges) {
+        let _ = self.inner.service_ranges.set(ranges);
+    }
+
+    pub(crate) fn service_ranges(&self) -> allocator::ServiceRanges {
+        self.inner.service_ranges.get().copied().unwrap_or_default()
     }
 
     pub(crate) fn token_signer(&self) -> Option<&Arc<satoken::TokenSigner>> {
@@ -187,6 +203,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/version",
+            get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
+        )
+        .route(
+            "/version/",
             get(|| async { json_response(StatusCode::OK, &discovery::version()) }),
         )
         .route("/healthz", get(health))
@@ -466,6 +486,7 @@ pub struct Server {
     tls: rustls::ServerConfig,
     router: Router,
     kubeconfig_path: PathBuf,
+    state: AppState,
 }
 
 impl Server {
@@ -492,6 +513,7 @@ impl Server {
         let signer = satoken::TokenSigner::load_or_create(&pki.dir)
             .map_err(|e| ServerError::Bootstrap(ApiError::Internal(e.to_string())))?;
         state.set_token_signer(Arc::new(signer));
+        state.set_service_ranges(config.service_ranges);
         // Generating the OpenAPI documents takes a moment: do it before
         // the first client asks.
         tokio::task::spawn_blocking(|| {
@@ -501,6 +523,14 @@ impl Server {
             .await
             .map_err(ServerError::Bootstrap)?;
         state.start_watch_caches().await;
+        let advertise_ip = if config.bind_address.is_unspecified() {
+            default_route_ip()
+        } else {
+            config.bind_address
+        };
+        bootstrap::kubernetes_service(&state, advertise_ip, local.port())
+            .await
+            .map_err(ServerError::Bootstrap)?;
 
         let kubeconfig = pki::admin_kubeconfig(&pki, &format!("https://{advertised}"));
         let kubeconfig_path = config.data_dir.join("cred").join("admin.kubeconfig");
@@ -512,7 +542,8 @@ impl Server {
         Ok(Server {
             listener,
             tls,
-            router: app(state),
+            router: app(state.clone()),
+            state,
             kubeconfig_path,
         })
     }
@@ -529,7 +560,20 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        // Background upkeep lives exactly as long as serving.
+        let state = self.state.clone();
+        let repair = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = allocator::repair(&state, std::time::Duration::from_secs(60)).await
+                {
+                    tracing::warn!(error = %e, "repairing service allocations");
+                }
+            }
+        });
         serve::serve(self.listener, self.tls, self.router, shutdown).await;
+        repair.abort();
     }
 }
 
@@ -541,6 +585,19 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     Server::bind(config, store).await?.serve(shutdown).await;
     Ok(())
+}
+
+/// The address the host would use towards other machines: a UDP "connect"
+/// picks the source address from the routing table without sending
+/// anything. Loopback when there is no route.
+fn default_route_ip() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.43.0.1:443")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
 #[cfg(test)]

@@ -459,13 +459,20 @@ fn decode_object(def: &ResourceDef, headers: &HeaderMap, body: &[u8]) -> ApiResu
             "the body of the request was in an unknown format - accepted media types include: application/json; got {content_type:?}"
         )));
     }
-    let obj: Value = serde_json::from_slice(body).map_err(|e| {
+    let mut obj: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!("couldn't get version/kind; json parse error: {e}"))
     })?;
-    if !obj.is_object() {
+    let Some(map) = obj.as_object_mut() else {
         return Err(ApiError::BadRequest(
             "couldn't get version/kind; json parse error: the body is not a JSON object".into(),
         ));
+    };
+    // A body without any type information takes the endpoint's, as
+    // Kubernetes' decoder defaults it (the Python client sends such bodies).
+    let untyped = |k: &str| map.get(k).and_then(Value::as_str).is_none_or(str::is_empty);
+    if untyped("kind") && untyped("apiVersion") {
+        map.insert("kind".into(), json!(def.kind));
+        map.insert("apiVersion".into(), json!(def.api_version()));
     }
     check_type_meta(def, &obj)?;
     Ok(obj)
@@ -722,7 +729,12 @@ pub async fn create(
         }
         return Ok(obj);
     }
-    match state
+    let taken = if (def.group, def.plural) == ("", "services") {
+        Some(crate::allocator::allocate(state, ns.unwrap_or_default(), &mut obj).await?)
+    } else {
+        None
+    };
+    let created = match state
         .store()
         .create(&key, encode(&obj)?, put_options(def))
         .await
@@ -733,7 +745,13 @@ pub async fn create(
             name,
         }),
         Err(e) => Err(e.into()),
+    };
+    if created.is_err()
+        && let Some(taken) = taken
+    {
+        taken.release(state).await;
     }
+    created
 }
 
 pub(crate) fn namespaces_def() -> &'static ResourceDef {
@@ -757,6 +775,7 @@ fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
                 );
             }
         }
+        ("", "services") => default_service(obj),
         ("", "secrets") => {
             if let Some(map) = obj.as_object_mut()
                 && map
@@ -768,6 +787,41 @@ fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+    // Status is the controllers' (and agents'): a create starts without
+    // one, as Kubernetes' strategies reset it. Nodes register with theirs.
+    if def.has_subresource(Subresource::Status)
+        && !matches!(
+            (def.group, def.plural),
+            ("", "pods" | "nodes" | "namespaces")
+        )
+        && let Some(map) = obj.as_object_mut()
+    {
+        map.remove("status");
+    }
+}
+
+/// Service port defaults: protocol TCP, `targetPort` the port itself; a
+/// zero `nodePort` or `targetPort` (what protobuf clients send for unset)
+/// counts as unset.
+fn default_service(obj: &mut Value) {
+    let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+        port.entry("protocol").or_insert(json!("TCP"));
+        if port.get("nodePort").and_then(Value::as_i64) == Some(0) {
+            port.remove("nodePort");
+        }
+        let unset = match port.get("targetPort") {
+            None | Some(Value::Null) => true,
+            Some(Value::Number(n)) => n.as_i64() == Some(0),
+            Some(Value::String(s)) => s.is_empty(),
+            _ => false,
+        };
+        if unset && let Some(p) = port.get("port").cloned() {
+            port.insert("targetPort".into(), p);
+        }
     }
 }
 

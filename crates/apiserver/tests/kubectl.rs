@@ -1339,3 +1339,92 @@ async fn service_account_tokens_are_issued_and_authenticate_until_the_account_go
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_unique_cluster_ips_and_node_ports_and_conflicts_are_refused()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    // The `kubernetes` service sits at the first address.
+    let k = server
+        .json(&["get", "service", "kubernetes", "-n", "default"])
+        .await?;
+    ensure!(k["spec"]["clusterIP"] == "10.43.0.1", "{k}");
+    let ep = server
+        .json(&["get", "endpoints", "kubernetes", "-n", "default"])
+        .await?;
+    ensure!(
+        ep["subsets"][0]["ports"][0]["port"] == server.addr.port(),
+        "{ep}"
+    );
+
+    // Twenty services created at once get twenty different addresses.
+    let mut docs = String::new();
+    for i in 0..20 {
+        docs.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec:\n  selector: {{app: s{i}}}\n  ports: [{{port: 80}}]\n"
+        ));
+    }
+    let many = server.write("many.yaml", &docs)?;
+    server
+        .ok(&["apply", "-f", many.to_str().context("utf-8")?])
+        .await?;
+    let list = server.json(&["get", "services", "-n", "default"]).await?;
+    let ips: std::collections::BTreeSet<String> = list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .collect();
+    ensure!(ips.len() == 21, "duplicates among {ips:?}");
+    ensure!(ips.iter().all(|ip| ip.starts_with("10.43.")), "{ips:?}");
+
+    // An explicit address already taken, or outside the range, is refused.
+    let taken = server.write(
+        "taken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: dup, namespace: default}\nspec:\n  clusterIP: 10.43.0.1\n  ports: [{port: 80}]\n",
+    )?;
+    let err = server
+        .fails(&["apply", "-f", taken.to_str().context("utf-8")?])
+        .await?;
+    ensure!(err.contains("provided IP is already allocated"), "{err}");
+
+    // NodePorts come from 30000-32767; a taken one is refused.
+    let np = server.write(
+        "np.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports: [{port: 80, nodePort: 30080}]\n",
+    )?;
+    server
+        .ok(&["apply", "-f", np.to_str().context("utf-8")?])
+        .await?;
+    let np2 = server.write(
+        "np2.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np2, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports: [{port: 80, nodePort: 30080}]\n",
+    )?;
+    let err = server
+        .fails(&["apply", "-f", np2.to_str().context("utf-8")?])
+        .await?;
+    ensure!(err.contains("provided port is already allocated"), "{err}");
+    let auto = server.write(
+        "auto.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: auto, namespace: default}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports: [{port: 80}]\n",
+    )?;
+    server
+        .ok(&["apply", "-f", auto.to_str().context("utf-8")?])
+        .await?;
+    let svc = server
+        .json(&["get", "service", "auto", "-n", "default"])
+        .await?;
+    let port = svc["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .context("nodePort")?;
+    ensure!((30000..=32767).contains(&port), "{svc}");
+
+    // Deleting a service gives its port back.
+    server
+        .ok(&["delete", "service", "np", "-n", "default"])
+        .await?;
+    server
+        .ok(&["apply", "-f", np2.to_str().context("utf-8")?])
+        .await?;
+    Ok(())
+}

@@ -93,6 +93,13 @@ pub struct ServerArgs {
     /// The range nodes' pod CIDRs come from.
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// The range ClusterIPs come from (the first address is the
+    /// `kubernetes` service's, the tenth the cluster DNS's).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// The range NodePorts come from, `LOW-HIGH`.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
     /// Terminated pods kept before the pod garbage collector deletes the
     /// oldest (0 keeps all).
     #[arg(long, default_value_t = 12_500)]
@@ -157,6 +164,14 @@ pub struct AgentArgs {
     /// The cluster's pod range (traffic inside it is not masqueraded).
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// Simulate N nodes instead of running this machine's agent: Node
+    /// objects that stay Ready, their Leases, and pods reported Running
+    /// without containers (kwok/kubemark-style hollow nodes).
+    #[arg(long, value_name = "N")]
+    pub simulate: Option<usize>,
+    /// Name prefix of the simulated nodes (`<prefix>0`, `<prefix>1`, …).
+    #[arg(long, default_value = "sim-node-", value_name = "P")]
+    pub simulate_prefix: String,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -240,6 +255,38 @@ pub enum BenchCommand {
     /// The Kubernetes API over HTTPS: creates, gets, lists, watch fan-out
     /// and the server's memory.
     Api(BenchApiArgs),
+    /// The whole control plane under a density load on simulated nodes:
+    /// pods/s to bound and Running, startup latency, memory, CPU, store size.
+    Scale(BenchScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScaleArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1_000)]
+    pub nodes: usize,
+    /// Pods in total (in Deployments of --pods-per-deployment).
+    #[arg(long, default_value_t = 30_000)]
+    pub pods: usize,
+    /// Replicas of each Deployment.
+    #[arg(long, default_value_t = 100)]
+    pub pods_per_deployment: usize,
+    /// Deployments created per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub deployments_per_second: f64,
+    /// Give up waiting for all pods to run, or to go, after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout_seconds: u64,
+    /// Run the server on an etcd the benchmark starts (/usr/bin/etcd, data
+    /// under a temp dir) instead of the embedded store.
+    #[arg(long, conflicts_with = "datastore_endpoint")]
+    pub etcd: bool,
+    /// Run the server on this running etcd instead of the embedded store.
+    #[arg(long)]
+    pub datastore_endpoint: Option<String>,
+    /// Directory on the disk to measure (the scratch data goes below it).
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +377,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => agent(args).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
         Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
+        Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,
         Command::Scheduler(args) => {
             let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
             skiff_scheduler::run(
@@ -384,6 +432,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             https_listen_port: args.https_listen_port,
             tls_sans: args.tls_san,
             token: Some(token.clone()),
+            service_ranges: service_ranges(&args.service_cidr, &args.service_node_port_range)?,
             write_kubeconfig: args.write_kubeconfig,
         },
         store,
@@ -460,6 +509,22 @@ async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+fn service_ranges(cidr: &str, ports: &str) -> Result<skiff_apiserver::allocator::ServiceRanges> {
+    let cidr = skiff_apiserver::allocator::ServiceRanges::parse_cidr(cidr)
+        .with_context(|| format!("--service-cidr {cidr} is not an IPv4 range of /8 to /30"))?;
+    let node_ports = ports
+        .split_once('-')
+        .and_then(|(lo, hi)| {
+            Some((
+                lo.trim().parse::<u16>().ok()?,
+                hi.trim().parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(lo, hi)| lo <= hi)
+        .with_context(|| format!("--service-node-port-range {ports} is not LOW-HIGH"))?;
+    Ok(skiff_apiserver::allocator::ServiceRanges { cidr, node_ports })
+}
+
 /// The cluster's shared token: `<data-dir>/token`, made on first start
 /// (k3s keeps its own in the same way).
 fn server_token(data_dir: &std::path::Path) -> Result<String> {
@@ -524,6 +589,9 @@ async fn agent(args: AgentArgs) -> Result<()> {
     let client = skiff_client::client_from_kubeconfig(&kubeconfig)
         .await
         .context("connecting to the server")?;
+    if let Some(count) = args.simulate {
+        return simulate(client, count, args.simulate_prefix, &args.node).await;
+    }
     let opts = args
         .node
         .options(&args.data_dir, &args.cluster_cidr, args.token.clone());
@@ -531,6 +599,31 @@ async fn agent(args: AgentArgs) -> Result<()> {
         r = crate::agent::run(client, opts) => r,
         _ = shutdown_signal() => {
             tracing::info!("agent stopped");
+            Ok(())
+        }
+    }
+}
+
+/// `skiff agent --simulate N`: simulated nodes instead of this machine's.
+async fn simulate(
+    client: kube::Client,
+    count: usize,
+    name_prefix: String,
+    node: &NodeArgs,
+) -> Result<()> {
+    if !node.node_label.is_empty() || !node.node_taint.is_empty() || node.node_name.is_some() {
+        tracing::warn!("--node-name, --node-label and --node-taint do not apply to simulated nodes");
+    }
+    let config = skiff_sim::SimConfig {
+        count,
+        name_prefix,
+        ..Default::default()
+    };
+    tracing::info!(count, prefix = %config.name_prefix, "simulating nodes");
+    tokio::select! {
+        r = skiff_sim::run(client, config) => r.context("simulating nodes"),
+        _ = shutdown_signal() => {
+            tracing::info!("simulated nodes stopped");
             Ok(())
         }
     }
@@ -611,5 +704,30 @@ async fn bench_api(args: BenchApiArgs) -> Result<()> {
         ..Default::default()
     };
     skiff_bench::api::run(config).await?;
+    Ok(())
+}
+
+async fn bench_scale(args: BenchScaleArgs) -> Result<()> {
+    use skiff_bench::scale::{Datastore, ScaleBenchConfig, ServerMode};
+    let datastore = match (args.etcd, args.datastore_endpoint) {
+        (_, Some(endpoint)) => Datastore::Endpoint(endpoint),
+        (true, None) => Datastore::StartEtcd,
+        (false, None) => Datastore::Embedded,
+    };
+    let config = ScaleBenchConfig {
+        nodes: args.nodes,
+        pods: args.pods,
+        pods_per_deployment: args.pods_per_deployment,
+        deployments_per_second: args.deployments_per_second,
+        phase_timeout: Duration::from_secs(args.timeout_seconds),
+        work_dir: args.work_dir,
+        server: ServerMode::Binary(std::env::current_exe().context("finding the skiff binary")?),
+        datastore,
+        ..Default::default()
+    };
+    let figures = skiff_bench::scale::run(config).await?;
+    if let Some(e) = figures.failure {
+        anyhow::bail!("the scale benchmark failed: {e}");
+    }
     Ok(())
 }
