@@ -227,7 +227,12 @@ impl RunningServer {
                     .args(["--bind-address", "127.0.0.1"])
                     .args(["--https-listen-port", &port.to_string()])
                     .args(["--datastore-endpoint", endpoint])
-                    .args(["--disable-controller-manager", "--disable-scheduler"])
+                    // The API server alone: no controllers, scheduler or node agent.
+                    .args([
+                        "--disable-controller-manager",
+                        "--disable-scheduler",
+                        "--disable-agent",
+                    ])
                     .env("RUST_LOG", "warn")
                     .stdin(Stdio::null())
                     .stdout(log_file.try_clone()?)

@@ -5,5 +5,6 @@
 //! they only ever talk to loopback.
 
 pub mod api;
+pub mod scale;
 pub mod stats;
 pub mod store;

@@ -25,7 +25,9 @@ impl Netns {
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         // The node's address on a veth pair whose both ends stay inside.
-        ns.ip(&["link", "add", "node0", "type", "veth", "peer", "name", "node0p"])?;
+        ns.ip(&[
+            "link", "add", "node0", "type", "veth", "peer", "name", "node0p",
+        ])?;
         ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "node0"])?;
         ns.ip(&["link", "set", "node0", "up"])?;
         ns.ip(&["link", "set", "node0p", "up"])?;
