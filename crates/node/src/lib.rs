@@ -23,6 +23,7 @@ pub mod podnet;
 pub mod pods;
 pub mod probe;
 pub mod resources;
+pub mod routes;
 pub mod server;
 pub mod spec;
 pub mod status;

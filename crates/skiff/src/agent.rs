@@ -29,6 +29,8 @@ pub struct AgentOptions {
     /// `unix:///run/containerd/containerd.sock` to use a CRI runtime
     /// instead of the built-in one.
     pub container_runtime_endpoint: Option<String>,
+    /// How pods reach pods on other nodes.
+    pub overlay: skiff_node::routes::Overlay,
 }
 
 /// Runs the node agent until it fails.
@@ -60,6 +62,13 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
         ..Default::default()
     };
     tracing::info!(node = %node_name, ip = %node_ip, "starting the node agent");
+    let routes = tokio::spawn(skiff_node::routes::run(
+        client.clone(),
+        node_name.clone(),
+        node_ip,
+        opts.overlay,
+    ));
+    let _routes = AbortOnDrop(routes);
     skiff_node::run(client, config, runtime)
         .await
         .context("the node agent stopped")
@@ -207,5 +216,14 @@ mod tests {
         let labels = parse_labels(&["zone=a".into()]).expect("valid labels");
         assert_eq!(labels["zone"], "a");
         assert!(parse_labels(&["nolabel".into()]).is_err());
+    }
+}
+
+/// Stops a background task when the agent stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

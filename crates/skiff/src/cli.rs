@@ -136,6 +136,9 @@ pub struct NodeArgs {
     /// pods with instead of the built-in runtime.
     #[arg(long)]
     pub container_runtime_endpoint: Option<String>,
+    /// How pods reach pods on other nodes: vxlan, host-gw or none.
+    #[arg(long, default_value = "vxlan")]
+    pub flannel_backend: skiff_node::routes::Overlay,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +197,7 @@ impl NodeArgs {
             agent_port: self.agent_port,
             token,
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
+            overlay: self.flannel_backend,
         }
     }
 }
@@ -612,7 +616,9 @@ async fn simulate(
     node: &NodeArgs,
 ) -> Result<()> {
     if !node.node_label.is_empty() || !node.node_taint.is_empty() || node.node_name.is_some() {
-        tracing::warn!("--node-name, --node-label and --node-taint do not apply to simulated nodes");
+        tracing::warn!(
+            "--node-name, --node-label and --node-taint do not apply to simulated nodes"
+        );
     }
     let config = skiff_sim::SimConfig {
         count,

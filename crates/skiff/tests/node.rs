@@ -19,12 +19,20 @@ struct Netns {
 }
 
 impl Netns {
-    fn create(tag: &str) -> Result<Netns> {
+    /// An empty namespace with loopback up.
+    fn bare(tag: &str) -> Result<Netns> {
         let name = format!("skiff-e2e-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
-        // The node's address on a veth pair whose both ends stay inside.
+        Ok(ns)
+    }
+
+    /// A one-node host: the node's address on a veth pair whose both ends
+    /// stay inside.
+    fn create(tag: &str) -> Result<Netns> {
+        let ns = Netns::bare(tag)?;
         ns.ip(&[
             "link", "add", "node0", "type", "veth", "peer", "name", "node0p",
         ])?;
@@ -32,6 +40,21 @@ impl Netns {
         ns.ip(&["link", "set", "node0", "up"])?;
         ns.ip(&["link", "set", "node0p", "up"])?;
         Ok(ns)
+    }
+
+    /// Two hosts joined by one veth link: `a` is 10.99.0.1, `b` 10.99.0.2.
+    fn linked_pair(tag: &str) -> Result<(Netns, Netns)> {
+        let a = Netns::bare(&format!("{tag}-a"))?;
+        let b = Netns::bare(&format!("{tag}-b"))?;
+        a.ip(&[
+            "link", "add", "node0", "type", "veth", "peer", "name", "node0b", "netns", &b.name,
+        ])?;
+        b.ip(&["link", "set", "node0b", "name", "node0"])?;
+        for (ns, addr) in [(&a, "10.99.0.1/24"), (&b, "10.99.0.2/24")] {
+            ns.ip(&["addr", "add", addr, "dev", "node0"])?;
+            ns.ip(&["link", "set", "node0", "up"])?;
+        }
+        Ok((a, b))
     }
 
     fn ip(&self, args: &[&str]) -> Result<()> {
@@ -96,21 +119,30 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
+/// Puts the test image where the agent imports images from.
+fn stage_image(data_dir: &Path) -> Result<()> {
+    let images = data_dir.join("agent").join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::copy(
+        skiff_testing::test_image_archive(),
+        images.join("testbin.tar"),
+    )?;
+    Ok(())
+}
+
 impl Cluster {
     fn start() -> Result<Cluster> {
         ensure!(
             nix::unistd::geteuid().is_root(),
             "this test runs containers and network namespaces: run it as root"
         );
-        let netns = Netns::create("node")?;
+        Cluster::start_in(Netns::create("node")?, &[])
+    }
+
+    fn start_in(netns: Netns, extra: &[&str]) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("server");
-        let images = data.join("agent").join("images");
-        std::fs::create_dir_all(&images)?;
-        std::fs::copy(
-            skiff_testing::test_image_archive(),
-            images.join("testbin.tar"),
-        )?;
+        stage_image(&data)?;
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let child = netns
             .command(env!("CARGO_BIN_EXE_skiff"))
@@ -124,6 +156,7 @@ impl Cluster {
                 "--node-ip",
                 "10.99.0.1",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -302,4 +335,160 @@ fn a_deployment_applied_with_kubectl_runs_as_real_containers_on_the_local_node()
         Duration::from_secs(60),
     )?;
     Ok(())
+}
+
+/// `skiff agent` on a second host, joined with the server's token.
+struct Agent {
+    child: Child,
+    _netns: Netns,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SPREAD: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: spread
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: spread}
+  template:
+    metadata:
+      labels: {app: spread}
+    spec:
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: spread}}
+      containers:
+      - name: netexec
+        image: skiff.test/testbin:1
+        imagePullPolicy: Never
+        args: ["netexec", "--http-port", "8080"]
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 1
+"#;
+
+fn two_nodes_reach_each_others_pods(backend: &str) -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs containers and network namespaces: run it as root"
+    );
+    let (a, b) = Netns::linked_pair(&format!("two-{backend}"))?;
+    let cluster = Cluster::start_in(a, &["--flannel-backend", backend])?;
+    let token = std::fs::read_to_string(cluster.dir.path().join("server/token"))?;
+    let agent_data = cluster.dir.path().join("agent-b");
+    stage_image(&agent_data)?;
+    let log = std::fs::File::create(cluster.dir.path().join("agent.log"))?;
+    let child = b
+        .command(env!("CARGO_BIN_EXE_skiff"))
+        .args(["agent", "--server", "https://10.99.0.1:6443", "--token"])
+        .arg(token.trim())
+        .arg("--data-dir")
+        .arg(&agent_data)
+        .args([
+            "--node-name",
+            "node-b",
+            "--node-ip",
+            "10.99.0.2",
+            "--flannel-backend",
+            backend,
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting skiff agent")?;
+    let _agent = Agent { child, _netns: b };
+    cluster.wait_for(
+        &[
+            "get",
+            "node",
+            "node-b",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        "True",
+        Duration::from_secs(90),
+    )?;
+
+    let file = cluster.write("spread.yaml", SPREAD)?;
+    cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    cluster.ok(&["rollout", "status", "deployment/spread", "--timeout=120s"])?;
+    let pods: serde_json::Value =
+        serde_json::from_str(&cluster.ok(&["get", "pods", "-l", "app=spread", "-o", "json"])?)?;
+    let items = pods["items"].as_array().context("items")?;
+    let mut by_node = std::collections::BTreeMap::new();
+    for pod in items {
+        by_node.insert(
+            pod["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            (
+                pod["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                pod["status"]["podIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        );
+    }
+    ensure!(by_node.len() == 2, "one pod per node expected: {by_node:?}");
+    let (pod_a, ip_a) = &by_node["node-a"];
+    let (pod_b, ip_b) = &by_node["node-b"];
+    ensure!(ip_a != ip_b && ip_a.starts_with("10.42.") && ip_b.starts_with("10.42."));
+    // Each pod reaches the other one's IP across the nodes.
+    cluster.ok(&[
+        "exec",
+        pod_a,
+        "--",
+        "/testbin",
+        "connect",
+        &format!("{ip_b}:8080"),
+    ])?;
+    cluster.ok(&[
+        "exec",
+        pod_b,
+        "--",
+        "/testbin",
+        "connect",
+        &format!("{ip_a}:8080"),
+    ])?;
+    // Logs of the pod on the other node come through its agent.
+    let logs = cluster.ok(&["logs", pod_b])?;
+    ensure!(logs.contains("netexec serving HTTP"), "{logs}");
+    Ok(())
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_over_vxlan() -> Result<()> {
+    two_nodes_reach_each_others_pods("vxlan")
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_over_host_gw() -> Result<()> {
+    two_nodes_reach_each_others_pods("host-gw")
 }
