@@ -201,6 +201,15 @@ fn parse_taints(taints: &[String]) -> Result<Vec<k8s_openapi::api::core::v1::Tai
         .collect()
 }
 
+/// Stops a background task when the agent stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,14 +225,5 @@ mod tests {
         let labels = parse_labels(&["zone=a".into()]).expect("valid labels");
         assert_eq!(labels["zone"], "a");
         assert!(parse_labels(&["nolabel".into()]).is_err());
-    }
-}
-
-/// Stops a background task when the agent stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
