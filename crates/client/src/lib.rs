@@ -8,6 +8,7 @@
 //! work against any Kubernetes cluster.
 
 pub mod leader;
+pub mod quantity;
 pub mod selectors;
 
 use std::path::Path;

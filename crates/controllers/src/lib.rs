@@ -35,6 +35,7 @@ pub mod pods;
 pub mod replicas;
 pub mod replicaset;
 pub mod replicationcontroller;
+pub mod resourcequota;
 pub mod revisions;
 pub mod selector;
 pub mod serviceaccount;
@@ -100,6 +101,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         nodeipam::run(client.clone(), config.clone()),
         podgc::run(client.clone(), config.clone()),
         disruption::run(client.clone(), config.clone()),
+        resourcequota::run(client.clone(), config.clone()),
     );
 }
 

@@ -17,7 +17,7 @@ pub mod cache;
 pub mod framework;
 pub mod plugins;
 pub mod preemption;
-pub mod quantity;
+pub use skiff_client::quantity;
 pub mod queue;
 pub mod resources;
 pub mod scheduler;
