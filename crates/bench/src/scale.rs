@@ -475,7 +475,13 @@ impl Observed {
             generation,
         });
         t.generation = generation;
-        if t.bound.is_none() && pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+        if t.bound.is_none()
+            && pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+        {
             t.bound = Some(now);
             self.bound += 1;
         }
@@ -737,8 +743,7 @@ async fn measure(
             final_rss_kib: read_rss_kib(pid).unwrap_or(0),
             cpu_seconds: read_cpu_seconds(pid).unwrap_or(0.0),
         });
-        f.bench_cpu_seconds =
-            read_cpu_seconds(std::process::id()).unwrap_or(0.0) - bench_cpu_start;
+        f.bench_cpu_seconds = read_cpu_seconds(std::process::id()).unwrap_or(0.0) - bench_cpu_start;
         f.api_calls = calls.figures();
         f.store_bytes_final = dir_bytes(store_dir);
     };
@@ -790,7 +795,10 @@ async fn load(
     for ns in &namespaces {
         let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
         calls
-            .time("create namespace", ns_api.create(&PostParams::default(), &obj))
+            .time(
+                "create namespace",
+                ns_api.create(&PostParams::default(), &obj),
+            )
             .await
             .with_context(|| format!("creating namespace {ns}"))?;
     }
@@ -830,17 +838,18 @@ async fn load(
         load_start.elapsed().as_secs_f64()
     );
     let total = c.pods;
-    let wait = wait_until(
-        "all pods Running",
-        server,
-        observed,
-        c.phase_timeout,
-        |o| o.running >= total,
-    )
+    let wait = wait_until("all pods Running", server, observed, c.phase_timeout, |o| {
+        o.running >= total
+    })
     .await;
     {
         let o = observed.lock().unwrap_or_else(|e| e.into_inner());
-        let first = o.pods.values().map(|t| t.created).min().unwrap_or(load_start);
+        let first = o
+            .pods
+            .values()
+            .map(|t| t.created)
+            .min()
+            .unwrap_or(load_start);
         f.created = throughput(first, o.pods.values().map(|t| t.created).collect());
         f.bound = throughput(first, o.pods.values().filter_map(|t| t.bound).collect());
         f.running = throughput(first, o.pods.values().filter_map(|t| t.running).collect());
@@ -889,17 +898,16 @@ async fn load(
     for t in scales {
         t.await??;
     }
-    let gone = wait_until(
-        "all pods gone",
-        server,
-        observed,
-        c.phase_timeout,
-        |o| o.present() == 0,
-    )
+    let gone = wait_until("all pods gone", server, observed, c.phase_timeout, |o| {
+        o.present() == 0
+    })
     .await;
     {
         let o = observed.lock().unwrap_or_else(|e| e.into_inner());
-        f.deletion = throughput(scale_start, o.pods.values().filter_map(|t| t.gone).collect());
+        f.deletion = throughput(
+            scale_start,
+            o.pods.values().filter_map(|t| t.gone).collect(),
+        );
     }
     gone?;
     eprintln!(
@@ -918,7 +926,10 @@ async fn load(
     }
     for ns in &namespaces {
         calls
-            .time("delete namespace", ns_api.delete(ns, &DeleteParams::default()))
+            .time(
+                "delete namespace",
+                ns_api.delete(ns, &DeleteParams::default()),
+            )
             .await
             .with_context(|| format!("deleting namespace {ns}"))?;
     }
@@ -1012,7 +1023,7 @@ fn print_table(f: &ScaleFigures, c: &ScaleBenchConfig) {
     );
     println!();
     println!(
-        "store on disk: {:.1} MiB with every pod Running, {:.1} MiB at the end",
+        "store on disk: {:.1} MiB at the end of the Running phase, {:.1} MiB at the end",
         f.store_bytes_all_running as f64 / 1048576.0,
         f.store_bytes_final as f64 / 1048576.0
     );

@@ -4,6 +4,7 @@
 //! second instead of a burst. Renewals have their own in-flight budget.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -100,7 +101,10 @@ pub(crate) fn slots(period: Duration) -> (usize, Duration) {
     (slots, tick)
 }
 
-/// Renews every node's Lease once per `lease_renew`, forever.
+/// Renews every node's Lease once per `lease_renew`, forever. Each tick
+/// starts its slot's renewals without waiting for the previous ones (a
+/// slow API server must not stretch the period); a node whose previous
+/// renewal is still running is skipped for this round.
 pub(crate) async fn renew_loop(shared: Arc<Shared>) {
     let (slots, tick) = slots(shared.config.lease_renew);
     let mut interval = tokio::time::interval(tick);
@@ -108,10 +112,16 @@ pub(crate) async fn renew_loop(shared: Arc<Shared>) {
     let mut slot = 0;
     loop {
         interval.tick().await;
-        let shared = &shared;
-        futures::stream::iter((slot..shared.config.count).step_by(slots))
-            .for_each_concurrent(shared.config.lease_in_flight, |i| renew(shared, i))
-            .await;
+        for i in (slot..shared.config.count).step_by(slots) {
+            if shared.nodes[i].renewing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                renew(&shared, i).await;
+                shared.nodes[i].renewing.store(false, Ordering::Release);
+            });
+        }
         slot = (slot + 1) % slots;
     }
 }
@@ -124,7 +134,12 @@ mod tests {
     fn renewals_are_spread_over_the_period() {
         let cases = [
             ("ten seconds", Duration::from_secs(10), 100, TICK),
-            ("shorter than a tick", Duration::from_millis(50), 1, Duration::from_millis(50)),
+            (
+                "shorter than a tick",
+                Duration::from_millis(50),
+                1,
+                Duration::from_millis(50),
+            ),
             ("one second", Duration::from_secs(1), 10, TICK),
         ];
         for (case, period, want_slots, want_tick) in cases {

@@ -93,7 +93,7 @@ impl Default for SimConfig {
             lease_renew: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
             max_in_flight: 96,
-            lease_in_flight: 16,
+            lease_in_flight: 64,
         }
     }
 }

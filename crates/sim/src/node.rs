@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -52,6 +52,8 @@ pub(crate) struct SimNode {
     pub derived_cidr: (Ipv4Addr, u8),
     /// The Node's uid once registered (the Lease's owner).
     pub uid: OnceLock<String>,
+    /// A Lease renewal is in flight.
+    pub renewing: AtomicBool,
     next_pod_ip: AtomicU32,
 }
 
@@ -62,6 +64,7 @@ impl SimNode {
             ip: Ipv4Addr::from(u32::from(config.node_ip_base).wrapping_add(i as u32)),
             derived_cidr: (derived_pod_cidr(config.pod_cidr_base, i), 24),
             uid: OnceLock::new(),
+            renewing: AtomicBool::new(false),
             next_pod_ip: AtomicU32::new(0),
         }
     }
@@ -187,9 +190,18 @@ pub fn status(config: &SimConfig, i: usize, now: Timestamp) -> NodeStatus {
     let ip = Ipv4Addr::from(u32::from(config.node_ip_base).wrapping_add(i as u32));
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(config.capacity.cpu.clone())),
-        ("memory".to_string(), Quantity(config.capacity.memory.clone())),
-        ("pods".to_string(), Quantity(config.capacity.pods.to_string())),
-        ("ephemeral-storage".to_string(), Quantity("100Gi".to_string())),
+        (
+            "memory".to_string(),
+            Quantity(config.capacity.memory.clone()),
+        ),
+        (
+            "pods".to_string(),
+            Quantity(config.capacity.pods.to_string()),
+        ),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity("100Gi".to_string()),
+        ),
     ]);
     NodeStatus {
         capacity: Some(resources.clone()),
@@ -306,7 +318,10 @@ pub(crate) async fn register_all(shared: &Arc<crate::Shared>) {
 }
 
 /// Keeps [`crate::Shared::watched`] filled with the simulated Nodes.
-pub(crate) async fn watch_nodes(shared: Arc<crate::Shared>, writer: reflector::store::Writer<Node>) {
+pub(crate) async fn watch_nodes(
+    shared: Arc<crate::Shared>,
+    writer: reflector::store::Writer<Node>,
+) {
     let api: Api<Node> = Api::all(shared.client.clone());
     let config = watcher::Config::default().labels(&format!("{SIMULATED_LABEL}=true"));
     let mut events = reflector::reflector(writer, watcher(api, config))

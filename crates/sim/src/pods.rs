@@ -107,7 +107,8 @@ fn container_id(work: &PodWork, container: &str) -> String {
 /// Ready (PodScheduled, set by the scheduler, is kept by the merge).
 pub fn running_status(work: &PodWork, pod_ip: &str, host_ip: &str, now: Timestamp) -> Value {
     let now = time(now);
-    let condition = |type_: &str| json!({"type": type_, "status": "True", "lastTransitionTime": now});
+    let condition =
+        |type_: &str| json!({"type": type_, "status": "True", "lastTransitionTime": now});
     let init: Vec<Value> = work
         .init_containers
         .iter()
@@ -157,9 +158,7 @@ pub fn succeeded_status(work: &PodWork, now: Timestamp) -> Value {
         .as_ref()
         .map(|t| time(t.0))
         .unwrap_or_else(|| finished.clone());
-    let condition = |type_: &str| {
-        json!({"type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished})
-    };
+    let condition = |type_: &str| json!({"type": type_, "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished});
     let containers: Vec<Value> = work
         .containers
         .iter()
@@ -291,9 +290,13 @@ async fn perform(shared: Arc<Shared>, tracker: Arc<Tracker>, action: Action, wor
             let patch = running_status(&work, &pod_ip, &host_ip, Timestamp::now());
             with_retries(stats, "report pod running", || async {
                 let _permit = shared.calls.acquire().await;
-                api.patch_status(&work.name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await
-                    .map(|_| ())
+                api.patch_status(
+                    &work.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch),
+                )
+                .await
+                .map(|_| ())
             })
             .await
             .inspect(|o| {
@@ -306,9 +309,13 @@ async fn perform(shared: Arc<Shared>, tracker: Arc<Tracker>, action: Action, wor
             let patch = succeeded_status(&work, Timestamp::now());
             with_retries(stats, "report pod succeeded", || async {
                 let _permit = shared.calls.acquire().await;
-                api.patch_status(&work.name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await
-                    .map(|_| ())
+                api.patch_status(
+                    &work.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch),
+                )
+                .await
+                .map(|_| ())
             })
             .await
             .inspect(|o| {
@@ -391,15 +398,43 @@ mod tests {
         let n = Some("sim-node-1");
         let cases = [
             ("unbound", pod(None, Some("Pending"), false, false), None),
-            ("another node", pod(Some("real-1"), Some("Pending"), false, false), None),
-            ("bound, Pending", pod(n, Some("Pending"), false, false), Some(Action::Start)),
-            ("bound, no status", pod(n, None, false, false), Some(Action::Start)),
+            (
+                "another node",
+                pod(Some("real-1"), Some("Pending"), false, false),
+                None,
+            ),
+            (
+                "bound, Pending",
+                pod(n, Some("Pending"), false, false),
+                Some(Action::Start),
+            ),
+            (
+                "bound, no status",
+                pod(n, None, false, false),
+                Some(Action::Start),
+            ),
             ("Running", pod(n, Some("Running"), false, false), None),
-            ("Job pod Running", pod(n, Some("Running"), true, false), Some(Action::Complete)),
-            ("Job pod Succeeded", pod(n, Some("Succeeded"), true, false), None),
+            (
+                "Job pod Running",
+                pod(n, Some("Running"), true, false),
+                Some(Action::Complete),
+            ),
+            (
+                "Job pod Succeeded",
+                pod(n, Some("Succeeded"), true, false),
+                None,
+            ),
             ("Failed", pod(n, Some("Failed"), false, false), None),
-            ("deleting, Running", pod(n, Some("Running"), false, true), Some(Action::Delete)),
-            ("deleting, Succeeded", pod(n, Some("Succeeded"), true, true), Some(Action::Delete)),
+            (
+                "deleting, Running",
+                pod(n, Some("Running"), false, true),
+                Some(Action::Delete),
+            ),
+            (
+                "deleting, Succeeded",
+                pod(n, Some("Succeeded"), true, true),
+                Some(Action::Delete),
+            ),
         ];
         for (case, p, want) in cases {
             let got = decide(&p, "sim-node-", 2).map(|(a, _)| a);
@@ -409,10 +444,8 @@ mod tests {
 
     #[test]
     fn running_status_reports_ready_containers_and_addresses() {
-        let (_, work) =
-            decide(&pod(Some("sim-node-0"), None, false, false), "sim-node-", 1).unwrap_or_else(
-                || panic!("a bound pod needs an action"),
-            );
+        let (_, work) = decide(&pod(Some("sim-node-0"), None, false, false), "sim-node-", 1)
+            .unwrap_or_else(|| panic!("a bound pod needs an action"));
         let s = &running_status(&work, "10.42.0.2", "172.16.0.1", Timestamp::now())["status"];
         assert_eq!(s["phase"], "Running");
         assert_eq!(s["podIP"], "10.42.0.2");
@@ -430,11 +463,18 @@ mod tests {
 
     #[test]
     fn succeeded_status_reports_every_container_exited_zero() {
-        let (_, work) = decide(&pod(Some("sim-node-0"), Some("Running"), true, false), "sim-node-", 1)
-            .unwrap_or_else(|| panic!("a running Job pod needs an action"));
+        let (_, work) = decide(
+            &pod(Some("sim-node-0"), Some("Running"), true, false),
+            "sim-node-",
+            1,
+        )
+        .unwrap_or_else(|| panic!("a running Job pod needs an action"));
         let s = &succeeded_status(&work, Timestamp::now())["status"];
         assert_eq!(s["phase"], "Succeeded");
-        assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            0
+        );
     }
 
     #[test]
@@ -444,7 +484,10 @@ mod tests {
         assert!(!t.begin("u", Action::Start, 1), "repeated start");
         assert!(t.begin("u", Action::Delete, 1), "a new action");
         t.forget_if("u", Action::Start);
-        assert!(!t.begin("u", Action::Delete, 1), "an older action does not forget a newer");
+        assert!(
+            !t.begin("u", Action::Delete, 1),
+            "an older action does not forget a newer"
+        );
         t.forget("u");
         assert!(t.begin("u", Action::Delete, 1), "forgotten");
     }

@@ -127,7 +127,13 @@ async fn simulated_nodes_register_and_stay_ready() -> Result<()> {
     let zones: BTreeSet<String> = listed
         .items
         .iter()
-        .filter_map(|n| n.metadata.labels.as_ref()?.get(skiff_sim::ZONE_LABEL).cloned())
+        .filter_map(|n| {
+            n.metadata
+                .labels
+                .as_ref()?
+                .get(skiff_sim::ZONE_LABEL)
+                .cloned()
+        })
         .collect();
     assert_eq!(zones.len(), 3, "round-robin over three zones");
     // Several heartbeat grace periods (3 s) later, every node is still
@@ -137,7 +143,11 @@ async fn simulated_nodes_register_and_stay_ready() -> Result<()> {
     for n in &listed.items {
         let name = n.metadata.name.clone().unwrap_or_default();
         assert!(ready(n), "{name} is not Ready");
-        let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let taints = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         assert!(taints.is_empty(), "{name} was tainted: {taints:?}");
     }
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), "kube-node-lease");
@@ -187,22 +197,39 @@ async fn deployment_pods_run_jobs_complete_and_deleted_pods_go_away() -> Result<
     for p in &running {
         let name = p.metadata.name.clone().unwrap_or_default();
         let status = p.status.clone().unwrap_or_default();
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         assert!(node.starts_with("sim-node-"), "{name} on {node}");
-        let ip = status.pod_ip.with_context(|| format!("{name} has no pod IP"))?;
+        let ip = status
+            .pod_ip
+            .with_context(|| format!("{name} has no pod IP"))?;
         assert!(ip.starts_with("10."), "{name}: pod IP {ip}");
         ips.insert(ip);
-        assert!(status.host_ip.is_some() && status.start_time.is_some(), "{name}");
+        assert!(
+            status.host_ip.is_some() && status.start_time.is_some(),
+            "{name}"
+        );
         let conditions = status.conditions.unwrap_or_default();
         for t in ["Ready", "ContainersReady", "PodScheduled"] {
             assert!(
-                conditions.iter().any(|c| c.type_ == t && c.status == "True"),
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == t && c.status == "True"),
                 "{name}: {t} is not True"
             );
         }
         let containers = status.container_statuses.unwrap_or_default();
         assert!(
-            containers.len() == 1 && containers[0].ready && containers[0].state.as_ref().and_then(|s| s.running.as_ref()).is_some(),
+            containers.len() == 1
+                && containers[0].ready
+                && containers[0]
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref())
+                    .is_some(),
             "{name}: {containers:?}"
         );
     }
