@@ -75,12 +75,20 @@ PY
   touch "$layer_stamp"
 fi
 
-"$PREFIX/bin/kubectl-1.35" version --client 2>/dev/null | grep -q 'v1\.35\.' \
-  || { echo "$PREFIX/bin/kubectl-1.35 is not kubectl v1.35" >&2; exit 1; }
-"$PREFIX/bin/helm" version --short 2>/dev/null | grep -q '^v4\.' \
-  || { echo "$PREFIX/bin/helm is not helm v4" >&2; exit 1; }
+# Read the whole output first: `grep -q` closing the pipe early would make
+# the version command die of SIGPIPE, which pipefail reports as a failure.
+kubectl_version="$("$PREFIX/bin/kubectl-1.35" version --client 2>/dev/null || true)"
+helm_version="$("$PREFIX/bin/helm" version --short 2>/dev/null || true)"
+case "$kubectl_version" in
+  *v1.35.*) ;;
+  *) echo "$PREFIX/bin/kubectl-1.35 is not kubectl v1.35" >&2; exit 1 ;;
+esac
+case "$helm_version" in
+  v4.*) ;;
+  *) echo "$PREFIX/bin/helm is not helm v4" >&2; exit 1 ;;
+esac
 
 echo "dependencies ready: $(etcd --version | head -1)"
 echo "  python kubernetes $("$PREFIX/venv/bin/python" -c 'import kubernetes; print(kubernetes.__version__)')"
-echo "  $("$PREFIX/bin/kubectl-1.35" version --client 2>/dev/null | head -1) ($PREFIX/bin/kubectl-1.35)"
-echo "  helm $("$PREFIX/bin/helm" version --short) ($PREFIX/bin/helm)"
+echo "  ${kubectl_version%%$'\n'*} ($PREFIX/bin/kubectl-1.35)"
+echo "  helm $helm_version ($PREFIX/bin/helm)"
