@@ -232,6 +232,7 @@ impl RunningServer {
                         "--disable-controller-manager",
                         "--disable-scheduler",
                         "--disable-agent",
+                        "--disable-dns",
                     ])
                     .env("RUST_LOG", "warn")
                     .stdin(Stdio::null())

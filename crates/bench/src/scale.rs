@@ -295,7 +295,7 @@ impl Server {
                     .args(["--https-listen-port", &port.to_string()])
                     .args(["--datastore-endpoint", endpoint])
                     .args(["--cluster-cidr", CLUSTER_CIDR])
-                    .arg("--disable-agent")
+                    .args(["--disable-agent", "--disable-dns"])
                     .env("RUST_LOG", "warn")
                     .stdin(Stdio::null())
                     .stdout(log_file.try_clone()?)

@@ -154,7 +154,7 @@ fn hostname() -> String {
 /// The address the host would use towards the service range: a UDP
 /// "connect" picks the source address from the routing table without
 /// sending anything. Loopback when there is no route.
-fn default_node_ip() -> IpAddr {
+pub(crate) fn default_node_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             s.connect("10.43.0.1:53")?;

@@ -107,6 +107,9 @@ pub struct ServerArgs {
     /// Do not run a node agent in this server.
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not serve cluster DNS (the `kube-dns` service) from this server.
+    #[arg(long)]
+    pub disable_dns: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -490,6 +493,26 @@ async fn server(args: ServerArgs) -> Result<()> {
                 ..Default::default()
             },
         )));
+    }
+    if !args.disable_dns {
+        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
+            .await
+            .context("connecting the cluster DNS to the API server")?;
+        let node_ip = args
+            .node
+            .node_ip
+            .unwrap_or_else(crate::agent::default_node_ip);
+        let cluster_dns = args
+            .node
+            .cluster_dns
+            .first()
+            .copied()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 43, 0, 10)));
+        components.push(tokio::spawn(async move {
+            if let Err(e) = crate::dns::run(client, cluster_dns, node_ip).await {
+                tracing::error!(error = format!("{e:#}"), "the cluster DNS stopped");
+            }
+        }));
     }
     if !args.disable_agent {
         let client = skiff_client::client_from_kubeconfig(&kubeconfig)

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cli;
+mod dns;
 
 use anyhow::Result;
 use clap::Parser;

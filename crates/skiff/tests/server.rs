@@ -22,9 +22,10 @@ impl SkiffServer {
             .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
             .arg(port.to_string())
             // These tests run on the host's network: no node agent (it
-            // would program the host's network). Nodes are tested in
+            // would program the host's network) and no DNS (it would bind
+            // the host's address). Nodes are tested in
             // network namespaces (tests/node.rs).
-            .arg("--disable-agent")
+            .args(["--disable-agent", "--disable-dns"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

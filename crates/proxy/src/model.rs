@@ -1,0 +1,325 @@
+//! What the proxy keeps of Services and EndpointSlices: plain data, read
+//! from the API objects without IO. Objects the proxy cannot serve (an
+//! ExternalName or headless service, an IPv6 slice, a port it cannot parse)
+//! are left out here, so the rule renderer never sees them.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+
+/// A service's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Transport protocol of a service port, as nftables names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses a Kubernetes protocol (`TCP` when absent).
+    pub fn parse(value: Option<&str>) -> Option<Self> {
+        match value.unwrap_or("TCP") {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+/// One port of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// The port's name (empty for the single unnamed port).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Only kept for NodePort and LoadBalancer services.
+    pub node_port: Option<u16>,
+}
+
+/// What the proxy needs of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The IPv4 cluster IP; `None` when the service has none the proxy can
+    /// serve (only its node ports are then programmed).
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePortInfo>,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+}
+
+impl ServiceInfo {
+    /// Reads a Service. `None` for services the proxy does not program:
+    /// ExternalName, headless (`clusterIP: None`) or IPv6-only services.
+    pub fn from_service(service: &Service) -> Option<Self> {
+        let spec = service.spec.as_ref()?;
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if type_ == "ExternalName" {
+            return None;
+        }
+        let node_ports = matches!(type_, "NodePort" | "LoadBalancer");
+        let cluster_ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let ports: Vec<ServicePortInfo> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(ServicePortInfo {
+                    name: p.name.clone().unwrap_or_default(),
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                    port: u16::try_from(p.port).ok().filter(|p| *p != 0)?,
+                    node_port: p
+                        .node_port
+                        .and_then(|n| u16::try_from(n).ok())
+                        .filter(|n| node_ports && *n != 0),
+                })
+            })
+            .collect();
+        if cluster_ip.is_none() && ports.iter().all(|p| p.node_port.is_none()) {
+            return None;
+        }
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS)
+        });
+        Some(Self {
+            cluster_ip,
+            ports,
+            affinity_timeout,
+            external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        })
+    }
+}
+
+/// A port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One endpoint of a slice, with its conditions resolved as the API
+/// defines them (`ready` absent = ready, `serving` absent = `ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+}
+
+/// What the proxy needs of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+impl SliceInfo {
+    /// Reads an EndpointSlice: the service it belongs to (from its
+    /// `kubernetes.io/service-name` label) and its IPv4 endpoints. `None`
+    /// for a slice of another address type or without the label.
+    pub fn from_slice(slice: &EndpointSlice) -> Option<(ServiceName, SliceInfo)> {
+        if slice.address_type != "IPv4" {
+            return None;
+        }
+        let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        let namespace = slice.metadata.namespace.clone().unwrap_or_default();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(SlicePort {
+                    name: p.name.clone().unwrap_or_default(),
+                    protocol: Protocol::parse(p.protocol.as_deref())?,
+                    port: p.port.and_then(|p| u16::try_from(p).ok())?,
+                })
+            })
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let ip = e.addresses.first()?.parse::<Ipv4Addr>().ok()?;
+                let c = e.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                Some(EndpointInfo {
+                    ip,
+                    ready,
+                    serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                    node_name: e.node_name.clone(),
+                })
+            })
+            .collect();
+        Some((
+            ServiceName::new(namespace, service.clone()),
+            SliceInfo { ports, endpoints },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec}),
+        )
+        .expect("service")
+    }
+
+    #[test]
+    fn services_the_proxy_cannot_serve_are_left_out() {
+        let cases = [
+            (
+                "external name",
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+            ),
+            (
+                "headless",
+                json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            ),
+            (
+                "ipv6 only",
+                json!({"clusterIP": "fd00::1", "ports": [{"port": 80}]}),
+            ),
+            ("no spec", serde_json::Value::Null),
+        ];
+        for (name, spec) in cases {
+            assert_eq!(ServiceInfo::from_service(&service(spec)), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn node_ports_are_kept_only_for_node_port_and_load_balancer_services() {
+        let cases = [
+            ("ClusterIP", None, false),
+            ("NodePort", Some(30080), false),
+            ("LoadBalancer", Some(30080), false),
+        ];
+        for (type_, want, _) in cases {
+            let svc = service(json!({"type": type_, "clusterIP": "10.43.0.5",
+                "externalTrafficPolicy": "Local",
+                "ports": [{"port": 80, "nodePort": 30080}]}));
+            let info = ServiceInfo::from_service(&svc).expect(type_);
+            assert_eq!(info.ports[0].node_port, want, "{type_}");
+            assert_eq!(info.external_local, want.is_some(), "{type_}");
+        }
+    }
+
+    #[test]
+    fn client_ip_affinity_defaults_to_three_hours() {
+        let plain = service(
+            json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP", "ports": [{"port": 80}]}),
+        );
+        let custom = service(
+            json!({"clusterIP": "10.43.0.5", "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}, "ports": [{"port": 80}]}),
+        );
+        let none = service(json!({"clusterIP": "10.43.0.5", "ports": [{"port": 80}]}));
+        assert_eq!(
+            ServiceInfo::from_service(&plain).and_then(|s| s.affinity_timeout),
+            Some(10_800)
+        );
+        assert_eq!(
+            ServiceInfo::from_service(&custom).and_then(|s| s.affinity_timeout),
+            Some(60)
+        );
+        assert_eq!(
+            ServiceInfo::from_service(&none).and_then(|s| s.affinity_timeout),
+            None
+        );
+    }
+
+    #[test]
+    fn endpoint_conditions_default_as_the_api_defines_them() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "default", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.2"]},
+                {"addresses": ["10.42.0.3"], "conditions": {"ready": false}},
+                {"addresses": ["10.42.0.4"], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "n1"},
+                {"addresses": ["not-an-ip"]},
+            ]
+        }))
+        .expect("slice");
+        let (svc, info) = SliceInfo::from_slice(&slice).expect("slice info");
+        assert_eq!(svc, ServiceName::new("default", "web"));
+        assert_eq!(info.endpoints.len(), 3);
+        let flags: Vec<_> = info
+            .endpoints
+            .iter()
+            .map(|e| (e.ready, e.serving, e.terminating))
+            .collect();
+        assert_eq!(
+            flags,
+            vec![
+                (true, true, false),
+                (false, false, false),
+                (false, true, true)
+            ]
+        );
+        assert_eq!(info.endpoints[2].node_name.as_deref(), Some("n1"));
+    }
+}

@@ -1,0 +1,323 @@
+//! The proxy's state and its sync step, without the API: what it knows of
+//! services and slices, what it last wrote per service, which services
+//! changed since, and when. [`Syncer::sync`] writes one transaction:
+//!
+//! - a full sync at start (the table is replaced), when asked
+//!   periodically or after a failed sync (the table is flushed and written
+//!   again, stale objects deleted; a failing resync falls back to a
+//!   replacement);
+//! - otherwise only the services marked dirty are rendered and diffed
+//!   against what was last written, so a change to one service rewrites
+//!   that service's chains and elements and nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::metrics::{SyncMetrics, SyncSample};
+use crate::model::{ServiceInfo, ServiceName, SliceInfo};
+use crate::nft::{Nft, NftError};
+use crate::rules::{RuleConfig, Script, ServiceRules, service_rules};
+
+/// Which kind of full sync is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullSync {
+    /// Delete and define the table again (at start, or when a resync
+    /// failed).
+    Recreate,
+    /// Flush and rewrite the existing table, keeping affinity sets.
+    Resync,
+}
+
+/// A slice's namespace and name.
+type SliceKey = (String, String);
+
+/// The proxy's state between syncs.
+pub struct Syncer<N: Nft> {
+    config: RuleConfig,
+    nft: N,
+    metrics: Arc<SyncMetrics>,
+    slow_sync: Duration,
+    services: HashMap<ServiceName, ServiceInfo>,
+    slices: HashMap<ServiceName, BTreeMap<String, SliceInfo>>,
+    slice_owner: HashMap<SliceKey, ServiceName>,
+    written: HashMap<ServiceName, ServiceRules>,
+    /// Services changed since the last sync, with the time of the first
+    /// event that changed each.
+    dirty: HashMap<ServiceName, Instant>,
+    full: Option<FullSync>,
+}
+
+impl<N: Nft> Syncer<N> {
+    /// A syncer whose first sync replaces the table. Syncs slower than
+    /// `slow_sync` are logged at warn level.
+    pub fn new(config: RuleConfig, nft: N, metrics: Arc<SyncMetrics>, slow_sync: Duration) -> Self {
+        Self {
+            config,
+            nft,
+            metrics,
+            slow_sync,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            written: HashMap::new(),
+            dirty: HashMap::new(),
+            full: Some(FullSync::Recreate),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<SyncMetrics> {
+        &self.metrics
+    }
+
+    fn mark(&mut self, name: ServiceName, at: Instant) {
+        self.dirty
+            .entry(name)
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+    }
+
+    /// A service was added, changed (`Some`) or deleted (`None`) at `at`.
+    pub fn set_service(&mut self, name: ServiceName, info: Option<ServiceInfo>, at: Instant) {
+        if self.services.get(&name) == info.as_ref() {
+            return;
+        }
+        match info {
+            Some(info) => {
+                self.services.insert(name.clone(), info);
+            }
+            None => {
+                self.services.remove(&name);
+            }
+        }
+        self.mark(name, at);
+    }
+
+    /// The slice `namespace/slice` was added or changed (`Some`, with the
+    /// service it belongs to) or deleted (`None`) at `at`.
+    pub fn set_slice(
+        &mut self,
+        namespace: &str,
+        slice: &str,
+        info: Option<(ServiceName, SliceInfo)>,
+        at: Instant,
+    ) {
+        let key = (namespace.to_string(), slice.to_string());
+        let previous = self.slice_owner.get(&key).cloned();
+        if let (Some(prev), Some((svc, new))) = (&previous, &info)
+            && prev == svc
+            && self.slices.get(svc).and_then(|s| s.get(slice)) == Some(new)
+        {
+            return;
+        }
+        if let Some(prev) = previous {
+            if let Some(slices) = self.slices.get_mut(&prev) {
+                slices.remove(slice);
+                if slices.is_empty() {
+                    self.slices.remove(&prev);
+                }
+            }
+            self.slice_owner.remove(&key);
+            self.mark(prev, at);
+        }
+        if let Some((svc, new)) = info {
+            self.slices
+                .entry(svc.clone())
+                .or_default()
+                .insert(slice.to_string(), new);
+            self.slice_owner.insert(key, svc.clone());
+            self.mark(svc, at);
+        }
+    }
+
+    /// After a relist: the services are exactly `all`.
+    pub fn replace_services(&mut self, all: Vec<(ServiceName, ServiceInfo)>, at: Instant) {
+        let mut gone: Vec<ServiceName> = self.services.keys().cloned().collect();
+        let listed: HashMap<ServiceName, ServiceInfo> = all.into_iter().collect();
+        gone.retain(|n| !listed.contains_key(n));
+        for name in gone {
+            self.set_service(name, None, at);
+        }
+        for (name, info) in listed {
+            self.set_service(name, Some(info), at);
+        }
+    }
+
+    /// After a relist: the slices are exactly `all` (`(namespace, name)`
+    /// and what the slice holds, `None` when the proxy ignores it).
+    pub fn replace_slices(
+        &mut self,
+        all: Vec<(SliceKey, Option<(ServiceName, SliceInfo)>)>,
+        at: Instant,
+    ) {
+        let listed: HashMap<SliceKey, Option<(ServiceName, SliceInfo)>> = all.into_iter().collect();
+        let gone: Vec<SliceKey> = self
+            .slice_owner
+            .keys()
+            .filter(|k| !matches!(listed.get(*k), Some(Some(_))))
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.set_slice(&ns, &name, None, at);
+        }
+        for ((ns, name), info) in listed {
+            if info.is_some() {
+                self.set_slice(&ns, &name, info, at);
+            }
+        }
+    }
+
+    /// Asks for a full sync at the next [`Syncer::sync`] (a pending
+    /// replacement is not weakened to a resync).
+    pub fn request_full(&mut self, kind: FullSync) {
+        self.full = match (self.full, kind) {
+            (Some(FullSync::Recreate), _) | (_, FullSync::Recreate) => Some(FullSync::Recreate),
+            _ => Some(FullSync::Resync),
+        };
+    }
+
+    /// Whether a sync has something to do.
+    pub fn pending(&self) -> bool {
+        self.full.is_some() || !self.dirty.is_empty()
+    }
+
+    /// Services known.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The rules `name` needs now (`None` when it is gone or ignored).
+    pub fn desired(&self, name: &ServiceName) -> Option<ServiceRules> {
+        let info = self.services.get(name)?;
+        let slices: Vec<&SliceInfo> = self
+            .slices
+            .get(name)
+            .map(|s| s.values().collect())
+            .unwrap_or_default();
+        Some(service_rules(name, info, &slices, &self.config))
+    }
+
+    /// Writes what changed (or everything, when a full sync is pending) in
+    /// one transaction. Returns the sample recorded, `None` when there was
+    /// nothing to write. On failure the next sync is a full one.
+    pub async fn sync(&mut self) -> Result<Option<SyncSample>, NftError> {
+        let started = Instant::now();
+        let earliest = self.dirty.values().min().copied();
+        let result = match self.full {
+            Some(kind) => self.full_sync(kind).await,
+            None => self.incremental_sync().await,
+        };
+        let (script_commands, services, nft_time, full) = match result {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                self.dirty.clear();
+                return Ok(None);
+            }
+            Err(e) => {
+                self.metrics.record_error();
+                let next = match self.full {
+                    Some(FullSync::Resync) | Some(FullSync::Recreate) => FullSync::Recreate,
+                    None => FullSync::Resync,
+                };
+                self.full = Some(next);
+                tracing::warn!(error = %e, next = ?next, "proxy sync failed");
+                return Err(e);
+            }
+        };
+        self.dirty.clear();
+        self.full = None;
+        let latency = earliest.unwrap_or(started).elapsed();
+        let sample = SyncSample {
+            latency,
+            nft: nft_time,
+            commands: script_commands,
+            services,
+            full,
+        };
+        self.metrics.record(sample);
+        if latency > self.slow_sync {
+            tracing::warn!(?latency, nft = ?nft_time, commands = script_commands, services, full, "slow proxy sync");
+        } else {
+            tracing::debug!(?latency, nft = ?nft_time, commands = script_commands, services, full, "proxy sync");
+        }
+        Ok(Some(sample))
+    }
+
+    /// `(commands, services written, time in nft, full)`.
+    async fn full_sync(
+        &mut self,
+        kind: FullSync,
+    ) -> Result<Option<(usize, usize, Duration, bool)>, NftError> {
+        let mut names: Vec<&ServiceName> = self.services.keys().collect();
+        names.sort();
+        let desired: Vec<(ServiceName, ServiceRules)> = names
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), self.desired(n)?)))
+            .collect();
+        let script = match kind {
+            FullSync::Recreate => {
+                let mut script = Script::recreate(&self.config);
+                for (_, rules) in &desired {
+                    script.diff_service(None, Some(rules));
+                }
+                script
+            }
+            FullSync::Resync => {
+                let mut existing = self.nft.list().await?;
+                let mut script = Script::resync(&self.config);
+                for (_, rules) in &desired {
+                    script.resync_service(rules, &mut existing);
+                }
+                script.delete_stale(&existing);
+                script
+            }
+        };
+        let services = desired.len();
+        let commands = script.commands();
+        let text = script.render();
+        drop(script);
+        let t = Instant::now();
+        self.nft.apply(&text).await?;
+        let nft_time = t.elapsed();
+        self.written = desired.into_iter().collect();
+        tracing::info!(?kind, services, commands, ?nft_time, "proxy full sync");
+        Ok(Some((commands, services, nft_time, true)))
+    }
+
+    async fn incremental_sync(
+        &mut self,
+    ) -> Result<Option<(usize, usize, Duration, bool)>, NftError> {
+        if self.dirty.is_empty() {
+            return Ok(None);
+        }
+        let mut script = Script::default();
+        let mut updates = Vec::with_capacity(self.dirty.len());
+        for name in self.dirty.keys() {
+            let new = self.desired(name);
+            script.diff_service(self.written.get(name), new.as_ref());
+            updates.push((name.clone(), new));
+        }
+        if script.is_empty() {
+            return Ok(None);
+        }
+        let commands = script.commands();
+        let services = script.services_changed;
+        let t = Instant::now();
+        self.nft.apply(&script.render()).await?;
+        let nft_time = t.elapsed();
+        for (name, rules) in updates {
+            match rules {
+                Some(r) => {
+                    self.written.insert(name, r);
+                }
+                None => {
+                    self.written.remove(&name);
+                }
+            }
+        }
+        Ok(Some((commands, services, nft_time, false)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
