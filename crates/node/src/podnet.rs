@@ -19,6 +19,7 @@ use tokio::sync::RwLock;
 pub struct BridgeNetwork {
     node_name: String,
     cluster_cidr: Ipv4Net,
+    service_cidr: Option<Ipv4Net>,
     state_dir: PathBuf,
     network: RwLock<Option<PodNetwork>>,
 }
@@ -28,10 +29,44 @@ impl BridgeNetwork {
         BridgeNetwork {
             node_name: node_name.into(),
             cluster_cidr,
+            service_cidr: None,
             state_dir,
             network: RwLock::new(None),
         }
     }
+}
+
+impl BridgeNetwork {
+    /// Also prepares the node for the service proxy once the bridge exists:
+    /// a route for the service range through the bridge (so the node itself
+    /// can open connections to ClusterIPs, which the proxy then DNATs) and
+    /// bridge netfilter (so replies between pods on the same bridge go
+    /// back through the proxy's connection tracking).
+    pub fn with_service_cidr(mut self, service_cidr: Ipv4Net) -> Self {
+        self.service_cidr = Some(service_cidr);
+        self
+    }
+}
+
+/// `ip route replace <cidr> dev skiff0` and `bridge-nf-call-iptables=1`.
+/// The one-off route goes through `ip`; the network crate owns the rest.
+async fn prepare_for_services(service_cidr: Ipv4Net, bridge: &str) -> Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(["route", "replace", &service_cidr.to_string(), "dev", bridge])
+        .output()
+        .await
+        .map_err(|e| runtime_error("running ip route", e))?;
+    if !out.status.success() {
+        return Err(Error::Runtime(format!(
+            "routing the service range {service_cidr} to {bridge}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if let Err(e) = std::fs::write(sysctl, "1") {
+        tracing::warn!(error = %e, "enabling bridge netfilter: pods may not reach services whose endpoints share their node");
+    }
+    Ok(())
 }
 
 fn runtime_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -76,6 +111,9 @@ impl SandboxNetwork for BridgeNetwork {
             .await
             .map_err(|e| runtime_error("creating the node's pod bridge", e))?;
         *self.network.write().await = Some(network);
+        if let Some(service_cidr) = self.service_cidr {
+            prepare_for_services(service_cidr, "skiff0").await?;
+        }
         Ok(())
     }
 }

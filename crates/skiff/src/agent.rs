@@ -31,6 +31,8 @@ pub struct AgentOptions {
     pub container_runtime_endpoint: Option<String>,
     /// How pods reach pods on other nodes.
     pub overlay: skiff_node::routes::Overlay,
+    /// The service range the proxy routes (`None`: no service proxy).
+    pub service_cidr: Option<String>,
 }
 
 /// Runs the node agent until it fails.
@@ -69,6 +71,27 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
         opts.overlay,
     ));
     let _routes = AbortOnDrop(routes);
+    let _proxy = match &opts.service_cidr {
+        Some(service_cidr) => {
+            let config = skiff_proxy::ProxyConfig::new(
+                node_name.clone(),
+                opts.cluster_cidr.parse().with_context(|| {
+                    format!("--cluster-cidr {} is not an IPv4 range", opts.cluster_cidr)
+                })?,
+                service_cidr.parse().with_context(|| {
+                    format!("--service-cidr {service_cidr} is not an IPv4 range")
+                })?,
+            );
+            let proxy = skiff_proxy::Proxy::new(client.clone(), config)
+                .context("starting the service proxy")?;
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = proxy.run().await {
+                    tracing::error!(error = %e, "the service proxy stopped");
+                }
+            })))
+        }
+        None => None,
+    };
     skiff_node::run(client, config, runtime)
         .await
         .context("the node agent stopped")
@@ -89,8 +112,15 @@ async fn runtime(
         .cluster_cidr
         .parse()
         .with_context(|| format!("--cluster-cidr {} is not an IPv4 range", opts.cluster_cidr))?;
-    let network =
+    let mut network =
         skiff_node::podnet::BridgeNetwork::new(node_name, cluster_cidr, agent_dir.join("network"));
+    if let Some(service_cidr) = &opts.service_cidr {
+        network = network.with_service_cidr(
+            service_cidr
+                .parse()
+                .with_context(|| format!("--service-cidr {service_cidr} is not an IPv4 range"))?,
+        );
+    }
     let runtime = skiff_runtime::BuiltinRuntime::new(
         skiff_runtime::BuiltinConfig::new(agent_dir.join("runtime")),
         Arc::new(network),

@@ -142,6 +142,9 @@ pub struct NodeArgs {
     /// How pods reach pods on other nodes: vxlan, host-gw or none.
     #[arg(long, default_value = "vxlan")]
     pub flannel_backend: skiff_node::routes::Overlay,
+    /// Do not run the service proxy on this node.
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +173,9 @@ pub struct AgentArgs {
     /// The cluster's pod range (traffic inside it is not masqueraded).
     #[arg(long, default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
+    /// The cluster's service range (what the service proxy routes).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
     /// Simulate N nodes instead of running this machine's agent: Node
     /// objects that stay Ready, their Leases, and pods reported Running
     /// without containers (kwok/kubemark-style hollow nodes).
@@ -187,6 +193,7 @@ impl NodeArgs {
         &self,
         data_dir: &std::path::Path,
         cluster_cidr: &str,
+        service_cidr: &str,
         token: Option<String>,
     ) -> crate::agent::AgentOptions {
         crate::agent::AgentOptions {
@@ -201,6 +208,7 @@ impl NodeArgs {
             token,
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             overlay: self.flannel_backend,
+            service_cidr: (!self.disable_kube_proxy).then(|| service_cidr.to_string()),
         }
     }
 }
@@ -518,9 +526,12 @@ async fn server(args: ServerArgs) -> Result<()> {
         let client = skiff_client::client_from_kubeconfig(&kubeconfig)
             .await
             .context("connecting the node agent to the API server")?;
-        let opts = args
-            .node
-            .options(&args.data_dir, &args.cluster_cidr, Some(token.clone()));
+        let opts = args.node.options(
+            &args.data_dir,
+            &args.cluster_cidr,
+            &args.service_cidr,
+            Some(token.clone()),
+        );
         components.push(tokio::spawn(async move {
             if let Err(e) = crate::agent::run(client, opts).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");
@@ -619,9 +630,12 @@ async fn agent(args: AgentArgs) -> Result<()> {
     if let Some(count) = args.simulate {
         return simulate(client, count, args.simulate_prefix, &args.node).await;
     }
-    let opts = args
-        .node
-        .options(&args.data_dir, &args.cluster_cidr, args.token.clone());
+    let opts = args.node.options(
+        &args.data_dir,
+        &args.cluster_cidr,
+        &args.service_cidr,
+        args.token.clone(),
+    );
     tokio::select! {
         r = crate::agent::run(client, opts) => r,
         _ = shutdown_signal() => {

@@ -480,6 +480,41 @@ fn two_nodes_reach_each_others_pods(backend: &str) -> Result<()> {
     // Logs of the pod on the other node come through its agent.
     let logs = cluster.ok(&["logs", pod_b])?;
     ensure!(logs.contains("netexec serving HTTP"), "{logs}");
+
+    // A ClusterIP service in front of both pods: every node's proxy routes
+    // it, from a pod on either node, to the pods on both nodes.
+    let svc = cluster.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: spread}\nspec:\n  selector: {app: spread}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )?;
+    cluster.ok(&["apply", "-f", path_str(&svc)?])?;
+    let cluster_ip = cluster.ok(&[
+        "get",
+        "service",
+        "spread",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    ensure!(cluster_ip.starts_with("10.43."), "{cluster_ip}");
+    let target = format!("{}:80", cluster_ip.trim());
+    for pod in [pod_a, pod_b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = cluster.kubectl(&["exec", pod, "--", "/testbin", "connect", &target])?;
+            if out.status.success() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{pod} never reached {target}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                cluster.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // The cluster DNS answers at the kube-dns service address.
+    cluster.ok(&["exec", pod_b, "--", "/testbin", "connect", "10.43.0.10:53"])?;
     Ok(())
 }
 
