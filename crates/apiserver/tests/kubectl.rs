@@ -7,48 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use support::{KUBECTL, TestServer};
+use support::{KUBECTL, MANIFEST, TestServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const MANIFEST: &str = r#"
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: app-config
-  namespace: demo
-  labels:
-    app: web
-data:
-  greeting: hello
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: demo
-  labels:
-    app: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web
-    spec:
-      containers:
-      - name: app
-        image: nginx:1.27
-        ports:
-        - containerPort: 80
-        env:
-        - name: MODE
-          value: prod
-      - name: sidecar
-        image: busybox:1.36
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_resources_lists_every_kind_with_short_names_scope_and_verbs() -> anyhow::Result<()> {

@@ -7,48 +7,8 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{Context, ensure};
-use support::{Options, TestServer, clients, read_lines};
+use support::{MANIFEST, Options, TestServer, clients, read_lines};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const MANIFEST: &str = r#"
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: app-config
-  namespace: demo
-  labels:
-    app: web
-data:
-  greeting: hello
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: demo
-  labels:
-    app: web
-spec:
-  replicas: 2
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web
-    spec:
-      containers:
-      - name: app
-        image: nginx:1.27
-        ports:
-        - containerPort: 80
-        env:
-        - name: MODE
-          value: prod
-      - name: sidecar
-        image: busybox:1.36
-"#;
 
 /// A server driven by kubectl v1.35.
 async fn server() -> anyhow::Result<TestServer> {

@@ -284,3 +284,45 @@ pub async fn read_lines<R: tokio::io::AsyncBufRead + Unpin>(
     }
     Ok(seen)
 }
+
+/// A ConfigMap and a two-container Deployment in namespace `demo`, the
+/// multi-document manifest the kubectl tests apply.
+pub const MANIFEST: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+  namespace: demo
+  labels:
+    app: web
+data:
+  greeting: hello
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+        env:
+        - name: MODE
+          value: prod
+      - name: sidecar
+        image: busybox:1.36
+"#;
