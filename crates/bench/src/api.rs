@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -217,31 +216,19 @@ impl RunningServer {
                 }
             }
             ServerMode::Binary(binary) => {
-                let port = skiff_testing::free_port()?;
-                let log = dir.join("server.log");
-                let log_file = std::fs::File::create(&log)?;
-                let child = tokio::process::Command::new(binary)
-                    .arg("server")
-                    .arg("--data-dir")
-                    .arg(&data_dir)
-                    .args(["--bind-address", "127.0.0.1"])
-                    .args(["--https-listen-port", &port.to_string()])
-                    .args(["--datastore-endpoint", endpoint])
-                    // The API server alone: no controllers, scheduler or node agent.
-                    .args([
+                // The API server alone: no controllers, scheduler, agent or DNS.
+                let crate::child::ServerChild { child, log, pid } = crate::child::spawn_server(
+                    binary,
+                    dir,
+                    &data_dir,
+                    endpoint,
+                    &[
                         "--disable-controller-manager",
                         "--disable-scheduler",
                         "--disable-agent",
                         "--disable-dns",
-                    ])
-                    .env("RUST_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stdout(log_file.try_clone()?)
-                    .stderr(log_file)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("running {} server", binary.display()))?;
-                let pid = child.id().context("the server exited at once")?;
+                    ],
+                )?;
                 RunningServer {
                     kubeconfig: data_dir.join("cred/admin.kubeconfig"),
                     pid,

@@ -5,6 +5,7 @@
 //! they only ever talk to loopback.
 
 pub mod api;
+mod child;
 pub mod scale;
 pub mod stats;
 pub mod store;

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -284,26 +283,18 @@ impl Server {
                 }
             }
             ServerMode::Binary(binary) => {
-                let port = skiff_testing::free_port()?;
-                let log = dir.join("server.log");
-                let log_file = std::fs::File::create(&log)?;
-                let child = tokio::process::Command::new(binary)
-                    .arg("server")
-                    .arg("--data-dir")
-                    .arg(&data_dir)
-                    .args(["--bind-address", "127.0.0.1"])
-                    .args(["--https-listen-port", &port.to_string()])
-                    .args(["--datastore-endpoint", endpoint])
-                    .args(["--cluster-cidr", CLUSTER_CIDR])
-                    .args(["--disable-agent", "--disable-dns"])
-                    .env("RUST_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stdout(log_file.try_clone()?)
-                    .stderr(log_file)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("running {} server", binary.display()))?;
-                let pid = child.id().context("the server exited at once")?;
+                let crate::child::ServerChild { child, log, pid } = crate::child::spawn_server(
+                    binary,
+                    dir,
+                    &data_dir,
+                    endpoint,
+                    &[
+                        "--cluster-cidr",
+                        CLUSTER_CIDR,
+                        "--disable-agent",
+                        "--disable-dns",
+                    ],
+                )?;
                 Server {
                     kubeconfig: data_dir.join("cred/admin.kubeconfig"),
                     data_dir,
