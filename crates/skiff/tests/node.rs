@@ -7,6 +7,7 @@
 //! probe, reach each other by pod IP, and serve `kubectl logs` and
 //! `kubectl exec` through the API server's proxy to the agent.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -90,19 +91,20 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM, then SIGKILL after 10 s.
+/// SIGTERM to the child's whole process group (nsenter and the skiff it
+/// runs), then SIGKILL after 10 s.
 fn stop(child: &mut Child) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Whatever is left of the group (the skiff under nsenter included).
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -164,6 +166,7 @@ impl Cluster {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .context("starting skiff server")?;
         let server = Server {
@@ -409,6 +412,7 @@ fn two_nodes_reach_each_others_pods(backend: &str) -> Result<()> {
         ])
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .context("starting skiff agent")?;
     let _agent = Agent { child, _netns: b };
