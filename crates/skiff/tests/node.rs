@@ -512,6 +512,15 @@ fn two_nodes_reach_each_others_pods(backend: &str) -> Result<()> {
     }
     // The cluster DNS answers at the kube-dns service address.
     cluster.ok(&["exec", pod_b, "--", "/testbin", "connect", "10.43.0.10:53"])?;
+
+    // Containers outlive their agent by design: stop them through the API
+    // before the nodes go.
+    cluster.ok(&["delete", "deployment", "spread"])?;
+    cluster.wait_for(
+        &["get", "pods", "-l", "app=spread", "-o", "name"],
+        "",
+        Duration::from_secs(60),
+    )?;
     Ok(())
 }
 
