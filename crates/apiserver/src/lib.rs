@@ -590,7 +590,7 @@ pub async fn run(
 /// The address the host would use towards other machines: a UDP "connect"
 /// picks the source address from the routing table without sending
 /// anything. Loopback when there is no route.
-fn default_route_ip() -> IpAddr {
+pub fn default_route_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             s.connect("10.43.0.1:443")?;

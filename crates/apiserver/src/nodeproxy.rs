@@ -153,11 +153,9 @@ pub async fn proxy(
 /// `container=` from the query, else the pod's only container; Kubernetes'
 /// message when a choice is needed.
 fn container_name(pod: &Value, query: &str) -> ApiResult<String> {
-    let asked = query
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("container="))
-        .next()
-        .map(percent_decode);
+    let asked = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.into_owned());
     let names: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -187,28 +185,6 @@ fn container_name(pod: &Value, query: &str) -> ApiResult<String> {
             names.join(" ")
         ))),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The node's agent address: `InternalIP`, else the first address.

@@ -296,7 +296,7 @@ fn write_public(path: &Path, contents: &str) -> Result<()> {
 }
 
 /// Writes through a temp file and a rename, with mode 0600 from the start.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| PkiError::Io {
         path: path.display().to_string(),

@@ -42,6 +42,8 @@ pub enum SignerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing the service account key: {0}")]
+    Write(#[source] crate::pki::PkiError),
     #[error("service account key {path} is not a PKCS#8 P-256 key")]
     BadKey { path: String },
 }
@@ -89,10 +91,7 @@ impl TokenSigner {
                     pem.push('\n');
                 }
                 pem.push_str("-----END PRIVATE KEY-----\n");
-                write_private(&path, pem.as_bytes()).map_err(|source| SignerError::Io {
-                    path: shown.clone(),
-                    source,
-                })?;
+                crate::pki::write_private(&path, &pem).map_err(SignerError::Write)?;
                 doc.as_ref().to_vec()
             }
             Err(source) => {
@@ -140,21 +139,6 @@ impl TokenSigner {
             .ok()?;
         serde_json::from_slice(&B64.decode(c).ok()?).ok()
     }
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
 }
 
 fn now() -> i64 {

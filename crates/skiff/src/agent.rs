@@ -160,7 +160,8 @@ fn serving_certificate(dir: &Path, node_name: &str, ip: IpAddr) -> Result<(PathB
     Ok((cert_path, key_path))
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Writes a secret readable by root only.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -181,17 +182,9 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "skiff-node".into())
 }
 
-/// The address the host would use towards the service range: a UDP
-/// "connect" picks the source address from the routing table without
-/// sending anything. Loopback when there is no route.
+/// The node's default address: the one the host routes from.
 pub(crate) fn default_node_ip() -> IpAddr {
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect("10.43.0.1:53")?;
-            s.local_addr()
-        })
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    skiff_apiserver::default_route_ip()
 }
 
 fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {

@@ -566,8 +566,6 @@ fn service_ranges(cidr: &str, ports: &str) -> Result<skiff_apiserver::allocator:
 /// The cluster's shared token: `<data-dir>/token`, made on first start
 /// (k3s keeps its own in the same way).
 fn server_token(data_dir: &std::path::Path) -> Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("token");
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
@@ -582,15 +580,7 @@ fn server_token(data_dir: &std::path::Path) -> Result<String> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("reading /dev/urandom")?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(token.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::agent::write_private(&path, &token)?;
     Ok(token)
 }
 
