@@ -7,6 +7,7 @@
 //! Must not depend on the API server or the store: everything here would
 //! work against any Kubernetes cluster.
 
+pub mod informer;
 pub mod leader;
 pub mod quantity;
 pub mod selectors;

@@ -16,14 +16,15 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use skiff_client::informer::Informer;
 
 use crate::pods::{controller_ref, owner_ref};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -562,9 +563,19 @@ fn same_status(a: &DeploymentStatus, b: &DeploymentStatus) -> bool {
     strip(a) == strip(b)
 }
 
+/// Whether the ReplicaSet `name` (read from the API, not the cache) is
+/// controlled by the Deployment with this uid.
+async fn owned_by(api: &Api<ReplicaSet>, name: &str, uid: &str) -> Result<bool, Error> {
+    match api.get_opt(name).await? {
+        Some(rs) => Ok(controller_ref(&rs.metadata).is_some_and(|r| r.uid == uid)),
+        None => Ok(false),
+    }
+}
+
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    replica_sets: Informer<ReplicaSet>,
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -575,12 +586,12 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     let name = d.name_any();
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| controller_ref(&rs.metadata).is_some_and(|r| r.uid == uid))
+    let owned: Vec<ReplicaSet> = ctx
+        .replica_sets
+        .controlled_by(&uid)
+        .iter()
+        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .map(|rs| rs.as_ref().clone())
         .collect();
     let plan = plan(&d, &owned, Timestamp::now());
 
@@ -588,6 +599,13 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
         match rs_api.create(&PostParams::default(), rs).await {
             Ok(_) => {
                 tracing::info!(deployment = %name, replicaset = %rs.name_any(), "created replica set")
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 409 && owned_by(&rs_api, &rs.name_any(), &uid).await? =>
+            {
+                // Ours, created by an earlier reconcile and not in the
+                // cache yet: its event brings this back.
+                return Ok(Action::requeue(Duration::from_secs(1)));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // A ReplicaSet of that name exists but is not ours or has
@@ -670,16 +688,17 @@ fn error_policy(d: Arc<Deployment>, err: &Error, _ctx: Arc<Context>) -> Action {
 }
 
 /// Runs the Deployment controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        replica_sets: informers.replica_sets.clone(),
     });
     Controller::new(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
+    .owns_stream(informers.replica_sets.trigger_stream())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;

@@ -9,18 +9,20 @@
 //! - **Orphan**: an owner being deleted with the `orphan` finalizer has its
 //!   reference removed from every dependent, then the finalizer removed.
 //!
-//! Each sweep lists the kinds in [`KINDS`] and decides with the pure
-//! [`plan`]. A sweep that could not list every kind decides nothing (an
-//! owner of an unlisted kind would look absent), and before deleting a
-//! dependent as dangling the owner's absence is confirmed with a live GET
-//! (it may have been created after its kind was listed).
+//! One watch per kind in [`KINDS`] keeps the collector's graph; each sweep
+//! decides with the pure [`plan`] over it. Nothing is decided before every
+//! kind has been listed once (an owner of an unlisted kind would look
+//! absent), and before deleting a dependent as dangling the owner's
+//! absence is confirmed with a live GET (its watch may lag).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use futures::StreamExt;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -175,46 +177,112 @@ fn kind_index(api_version: &str, kind: &str) -> Option<usize> {
     })
 }
 
-/// Lists every kind; `None` when any list failed.
-async fn snapshot(client: &kube::Client) -> Option<Vec<Item>> {
-    let mut items = Vec::new();
-    for (kind, (_, _, kind_name, _, _)) in KINDS.iter().enumerate() {
-        let api = api_for(client, kind, None);
-        let list = match api.list(&ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(kind = kind_name, error = %e, "gc: list failed; skipping this sweep");
-                return None;
-            }
-        };
-        for obj in list.items {
-            let meta = &obj.metadata;
-            items.push(Item {
-                kind,
-                namespace: meta.namespace.clone(),
-                name: obj.name_any(),
-                uid: meta.uid.clone().unwrap_or_default(),
-                deleting: meta.deletion_timestamp.is_some(),
-                finalizers: meta.finalizers.clone().unwrap_or_default(),
-                owners: meta
-                    .owner_references
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| {
-                        (
-                            r.uid,
-                            r.api_version,
-                            r.kind,
-                            r.name,
-                            r.block_owner_deletion.unwrap_or(false),
-                        )
-                    })
-                    .collect(),
-            });
+/// What the collector knows of one object.
+fn item_of(kind: usize, obj: &DynamicObject) -> Item {
+    let meta = &obj.metadata;
+    Item {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: obj.name_any(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        deleting: meta.deletion_timestamp.is_some(),
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        owners: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r.uid.clone(),
+                    r.api_version.clone(),
+                    r.kind.clone(),
+                    r.name.clone(),
+                    r.block_owner_deletion.unwrap_or(false),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The collector's view of the cluster: every object of every kind in
+/// [`KINDS`], kept by one watch per kind (a list of everything per sweep
+/// cost O(cluster) every second).
+#[derive(Default)]
+struct Graph {
+    /// Per kind: uid → item, or `None` until the kind's first list.
+    kinds: Vec<Option<HashMap<String, Item>>>,
+    /// Bumped on every change, so an unchanged graph is not swept again.
+    generation: u64,
+}
+
+impl Graph {
+    fn new() -> Self {
+        Graph {
+            kinds: vec![None; KINDS.len()],
+            generation: 0,
         }
     }
-    Some(items)
+
+    /// Every item, once every kind has been listed.
+    fn snapshot(&self) -> Option<Vec<Item>> {
+        let mut items = Vec::new();
+        for kind in &self.kinds {
+            items.extend(kind.as_ref()?.values().cloned());
+        }
+        Some(items)
+    }
+}
+
+type SharedGraph = Arc<Mutex<Graph>>;
+
+fn lock(graph: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
+    graph
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Keeps one kind of the graph in step with the cluster.
+async fn watch_kind(client: kube::Client, kind: usize, graph: SharedGraph) {
+    let api = api_for(&client, kind, None);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut relist: Option<HashMap<String, Item>> = None;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Init) => relist = Some(HashMap::new()),
+            Ok(Event::InitApply(obj)) => {
+                let item = item_of(kind, &obj);
+                relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(item.uid.clone(), item);
+            }
+            Ok(Event::InitDone) => {
+                let mut g = lock(&graph);
+                g.kinds[kind] = Some(relist.take().unwrap_or_default());
+                g.generation += 1;
+            }
+            Ok(Event::Apply(obj)) => {
+                let item = item_of(kind, &obj);
+                let mut g = lock(&graph);
+                if let Some(items) = g.kinds[kind].as_mut() {
+                    items.insert(item.uid.clone(), item);
+                }
+                g.generation += 1;
+            }
+            Ok(Event::Delete(obj)) => {
+                let uid = obj.metadata.uid.unwrap_or_default();
+                let mut g = lock(&graph);
+                if let Some(items) = g.kinds[kind].as_mut() {
+                    items.remove(&uid);
+                }
+                g.generation += 1;
+            }
+            Err(e) => {
+                tracing::debug!(kind = KINDS[kind].2, error = %e, "gc: watch failed; retrying");
+            }
+        }
+    }
 }
 
 /// True when none of `item`'s owners exists any more (checked live).
@@ -319,17 +387,35 @@ async fn apply(client: &kube::Client, items: &[Item], step: &Step) -> Result<(),
     Ok(())
 }
 
-/// Sweeps forever, once a second.
+/// Watches every kind and sweeps at most once a second, when something
+/// changed (and every 30 s regardless, to retry failed steps).
 pub async fn run(client: kube::Client, _config: ControllerConfig) {
+    let graph: SharedGraph = Arc::new(Mutex::new(Graph::new()));
+    for kind in 0..KINDS.len() {
+        tokio::spawn(watch_kind(client.clone(), kind, graph.clone()));
+    }
+    let mut swept: Option<(u64, Instant)> = None;
     loop {
-        if let Some(items) = snapshot(&client).await {
-            for step in plan(&items) {
-                if let Err(e) = apply(&client, &items, &step).await {
-                    tracing::warn!(error = %e, ?step, "gc step failed; retrying next sweep");
-                }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let items = {
+            let g = lock(&graph);
+            let stale = swept.is_none_or(|(generation, at)| {
+                generation != g.generation || at.elapsed() > Duration::from_secs(30)
+            });
+            if !stale {
+                continue;
+            }
+            let Some(items) = g.snapshot() else {
+                continue;
+            };
+            swept = Some((g.generation, Instant::now()));
+            items
+        };
+        for step in plan(&items) {
+            if let Err(e) = apply(&client, &items, &step).await {
+                tracing::warn!(error = %e, ?step, "gc step failed; retrying next sweep");
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

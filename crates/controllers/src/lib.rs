@@ -25,6 +25,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -42,6 +43,12 @@ pub mod serviceaccount;
 pub mod statefulset;
 
 use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::watcher;
+use skiff_client::informer::Informer;
 
 /// What a reconcile can fail with; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -81,16 +88,41 @@ impl Default for ControllerConfig {
     }
 }
 
+/// The caches the controllers share: one watch per resource type that
+/// several controllers read, instead of a list per reconcile.
+#[derive(Clone)]
+pub struct Informers {
+    pub pods: Informer<Pod>,
+    pub replica_sets: Informer<ReplicaSet>,
+}
+
+impl Informers {
+    /// Starts the watches on the current runtime.
+    pub fn start(client: &kube::Client) -> Self {
+        Informers {
+            pods: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
+            replica_sets: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
+        }
+    }
+
+    /// Waits until every cache holds its first list.
+    pub async fn wait_synced(&self) {
+        tokio::join!(self.pods.wait_synced(), self.replica_sets.wait_synced());
+    }
+}
+
 /// Runs every controller until they stop (they do not, unless the API goes
 /// away for good). Meant to run under leader election
 /// (`kube-system/kube-controller-manager`).
 pub async fn run(client: kube::Client, config: ControllerConfig) {
+    let informers = Informers::start(&client);
+    informers.wait_synced().await;
     tokio::join!(
-        replicaset::run(client.clone(), config.clone()),
-        replicationcontroller::run(client.clone(), config.clone()),
+        replicaset::run(client.clone(), config.clone(), informers.clone()),
+        replicationcontroller::run(client.clone(), config.clone(), informers.clone()),
         daemonset::run(client.clone(), config.clone()),
         statefulset::run(client.clone(), config.clone()),
-        deployment::run(client.clone(), config.clone()),
+        deployment::run(client.clone(), config.clone(), informers.clone()),
         namespace::run(client.clone(), config.clone()),
         endpoints::run(client.clone(), config.clone()),
         gc::run(client.clone(), config.clone()),
@@ -99,7 +131,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         job::run(client.clone(), config.clone()),
         cronjob::run(client.clone(), config.clone()),
         nodeipam::run(client.clone(), config.clone()),
-        podgc::run(client.clone(), config.clone()),
+        podgc::run(client.clone(), config.clone(), informers.clone()),
         disruption::run(client.clone(), config.clone()),
         resourcequota::run(client.clone(), config.clone()),
     );

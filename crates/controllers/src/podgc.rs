@@ -6,14 +6,16 @@
 //! finish their deletion). Orphaned and unscheduled pods are deleted with
 //! grace period 0, as upstream force-deletes them.
 
-use std::collections::BTreeSet;
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
+use skiff_client::informer::Informer;
 
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
 
 /// Settings of pod garbage collection.
 #[derive(Debug, Clone)]
@@ -65,11 +67,12 @@ fn node_of(p: &Pod) -> Option<&str> {
 }
 
 /// The pure decision over all pods and the names of the nodes that exist.
-pub fn plan(pods: &[Pod], nodes: &BTreeSet<String>, threshold: usize) -> Plan {
+pub fn plan<P: Borrow<Pod>>(pods: &[P], nodes: &BTreeSet<String>, threshold: usize) -> Plan {
     let mut plan = Plan::default();
     if threshold > 0 {
         let mut done: Vec<&Pod> = pods
             .iter()
+            .map(Borrow::borrow)
             .filter(|p| terminated(p) && p.metadata.deletion_timestamp.is_none())
             .collect();
         if done.len() > threshold {
@@ -92,18 +95,22 @@ pub fn plan(pods: &[Pod], nodes: &BTreeSet<String>, threshold: usize) -> Plan {
                 .collect();
         }
     }
+    let terminated: HashSet<&(String, String)> = plan.terminated.iter().collect();
+    let mut orphaned = Vec::new();
+    let mut unscheduled_terminating = Vec::new();
     for p in pods {
-        if plan.terminated.contains(&key(p)) {
+        let p: &Pod = p.borrow();
+        if terminated.contains(&key(p)) {
             continue;
         }
         match node_of(p) {
-            Some(node) if !nodes.contains(node) => plan.orphaned.push(key(p)),
-            None if p.metadata.deletion_timestamp.is_some() => {
-                plan.unscheduled_terminating.push(key(p))
-            }
+            Some(node) if !nodes.contains(node) => orphaned.push(key(p)),
+            None if p.metadata.deletion_timestamp.is_some() => unscheduled_terminating.push(key(p)),
             _ => {}
         }
     }
+    plan.orphaned = orphaned;
+    plan.unscheduled_terminating = unscheduled_terminating;
     plan
 }
 
@@ -125,11 +132,12 @@ async fn delete(
     }
 }
 
-async fn sweep(client: &kube::Client, threshold: usize) -> Result<(), Error> {
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+async fn sweep(
+    client: &kube::Client,
+    cache: &Informer<Pod>,
+    threshold: usize,
+) -> Result<(), Error> {
+    let pods = cache.list();
     let nodes_api = Api::<Node>::all(client.clone());
     let nodes: BTreeSet<String> = nodes_api
         .list(&ListParams::default())
@@ -154,7 +162,7 @@ async fn sweep(client: &kube::Client, threshold: usize) -> Result<(), Error> {
         let Some(node) = pods
             .iter()
             .find(|p| key(p) == *pod)
-            .and_then(node_of)
+            .and_then(|p| node_of(p))
             .map(str::to_string)
         else {
             continue;
@@ -176,11 +184,12 @@ async fn sweep(client: &kube::Client, threshold: usize) -> Result<(), Error> {
 }
 
 /// Runs pod garbage collection until the task is dropped.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let mut tick = tokio::time::interval(config.pod_gc.period);
     loop {
         tick.tick().await;
-        if let Err(e) = sweep(&client, config.pod_gc.terminated_pod_threshold).await {
+        let threshold = config.pod_gc.terminated_pod_threshold;
+        if let Err(e) = sweep(&client, &informers.pods, threshold).await {
             tracing::warn!(error = %e, "pod garbage collection failed; retrying next period");
         }
     }

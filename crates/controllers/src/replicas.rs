@@ -8,14 +8,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::future::join_all;
+
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use skiff_client::informer::Informer;
 
 use crate::Error;
+use crate::expectations::Expectations;
 use crate::pods::{controller_ref, deletion_order, is_active, is_available, is_ready};
 use crate::selector::matches;
 
@@ -90,7 +94,8 @@ impl<S> Plan<S> {
     }
 }
 
-/// The pure decision: `pods` are all pods of the owner's namespace.
+/// The pure decision: `pods` are the pods of the owner's namespace that it
+/// controls or may adopt (others are ignored).
 pub fn plan(target: &Target<'_>, pods: &[Pod], now: Timestamp) -> Plan<Counts> {
     let mut plan = Plan::<Counts>::default();
     let want = target.replicas.max(0);
@@ -159,15 +164,46 @@ pub fn plan(target: &Target<'_>, pods: &[Pod], now: Timestamp) -> Plan<Counts> {
     plan
 }
 
+/// One reconcile of a ReplicaSet or ReplicationController against the pod
+/// cache: reads the pods `owner` controls plus the namespace's orphans,
+/// decides with `decide`, and applies the decision unless writes of an
+/// earlier reconcile are not in the cache yet. Returns the plan and whether
+/// it was applied.
+pub async fn sync<S>(
+    cache: &Informer<Pod>,
+    expectations: &Expectations,
+    api: &Api<Pod>,
+    owner: &OwnerReference,
+    namespace: &str,
+    template: Option<&PodTemplateSpec>,
+    decide: impl FnOnce(&[Pod]) -> Plan<S>,
+) -> Result<(Plan<S>, bool), Error> {
+    let settled = expectations.satisfied(&owner.uid, cache);
+    let pods: Vec<Pod> = cache
+        .controlled_or_orphaned(namespace, &owner.uid)
+        .iter()
+        .map(|p| p.as_ref().clone())
+        .collect();
+    let plan = decide(&pods);
+    if settled {
+        apply(api, owner, namespace, template, &pods, &plan, expectations).await?;
+    }
+    Ok((plan, settled))
+}
+
 /// Applies the pod half of a plan: adopt, release, create from `template`
-/// (named `<owner>-<random>`), delete.
+/// (named `<owner>-<random>`, in slow-start batches of 1, 2, 4, … as
+/// Kubernetes does, so a failing create costs one request, not hundreds),
+/// delete. Every create and delete that succeeded is recorded in
+/// `expectations`, also when a later one fails.
 pub async fn apply<S>(
     pods: &Api<Pod>,
     owner: &OwnerReference,
-    namespace: Option<String>,
+    namespace: &str,
     template: Option<&PodTemplateSpec>,
     all: &[Pod],
     plan: &Plan<S>,
+    expectations: &Expectations,
 ) -> Result<(), Error> {
     let refs_of = |name: &str| {
         all.iter()
@@ -200,31 +236,66 @@ pub async fn apply<S>(
         let template =
             template.ok_or_else(|| Error::Invalid(owner.name.clone(), "no pod template".into()))?;
         let tmeta = template.metadata.clone().unwrap_or_default();
-        for _ in 0..plan.create {
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", owner.name)),
-                    namespace: namespace.clone(),
-                    labels: tmeta.labels.clone(),
-                    annotations: tmeta.annotations.clone(),
-                    owner_references: Some(vec![owner.clone()]),
-                    ..Default::default()
-                },
-                spec: template.spec.clone(),
-                status: None,
-            };
-            pods.create(&PostParams::default(), &pod).await?;
+        let pod = Pod {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", owner.name)),
+                namespace: Some(namespace.to_string()),
+                labels: tmeta.labels.clone(),
+                annotations: tmeta.annotations.clone(),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
+            spec: template.spec.clone(),
+            status: None,
+        };
+        let params = PostParams::default();
+        let mut remaining = plan.create as usize;
+        let mut batch = 1;
+        while remaining > 0 {
+            let n = batch.min(remaining);
+            let results = join_all((0..n).map(|_| pods.create(&params, &pod))).await;
+            let mut created = Vec::with_capacity(n);
+            let mut failed = None;
+            for r in results {
+                match r {
+                    Ok(p) => created.push(p.name_any()),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            expectations.expect(&owner.uid, namespace, created, Vec::new());
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            remaining -= n;
+            batch *= 2;
         }
         tracing::info!(kind = %owner.kind, owner = %owner.name, count = plan.create, "created pods");
     }
-    for name in &plan.delete {
-        match pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
     if !plan.delete.is_empty() {
+        let uid_of = |name: &str| {
+            all.iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name))
+                .and_then(|p| p.metadata.uid.clone())
+                .unwrap_or_default()
+        };
+        let results =
+            join_all(plan.delete.iter().map(|name| async move {
+                (name, pods.delete(name, &DeleteParams::default()).await)
+            }))
+            .await;
+        let mut deleted = Vec::new();
+        let mut failed = None;
+        for (name, r) in results {
+            match r {
+                Ok(_) => deleted.push((name.clone(), uid_of(name))),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        expectations.expect(&owner.uid, namespace, Vec::new(), deleted);
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
         tracing::info!(kind = %owner.kind, owner = %owner.name, count = plan.delete.len(), "deleted pods");
     }
     Ok(())

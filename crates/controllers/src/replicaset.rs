@@ -12,15 +12,17 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use skiff_client::informer::Informer;
 
+use crate::expectations::Expectations;
 use crate::pods::owner_ref;
 use crate::replicas::{self, PodSelector, Target};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
 
 /// What the controller should do for one ReplicaSet.
 pub type Plan = replicas::Plan<ReplicaSetStatus>;
@@ -61,18 +63,27 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Plan {
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    pods: Informer<Pod>,
+    expectations: Expectations,
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let all = pods.list(&ListParams::default()).await?.items;
-    let plan = plan(&rs, &all, Timestamp::now());
     let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata)
         .ok_or_else(|| Error::Invalid(name.clone(), "no uid".into()))?;
     let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
-    replicas::apply(&pods, &owner, rs.namespace(), template, &all, &plan).await?;
+    let (plan, settled) = replicas::sync(
+        &ctx.pods,
+        &ctx.expectations,
+        &pods,
+        &owner,
+        &ns,
+        template,
+        |all| plan(&rs, all, Timestamp::now()),
+    )
+    .await?;
 
     let current = rs.status.clone().unwrap_or_default();
     if current != plan.status {
@@ -86,6 +97,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     if let Some(d) = plan.recheck_after {
         next = next.min(d);
     }
+    if !settled {
+        // Its own writes are not in the cache yet; their events trigger
+        // this again, and this bounds the wait should one be lost.
+        next = next.min(Duration::from_secs(1));
+    }
     Ok(Action::requeue(next))
 }
 
@@ -95,16 +111,18 @@ fn error_policy(rs: Arc<ReplicaSet>, err: &Error, _ctx: Arc<Context>) -> Action 
 }
 
 /// Runs the ReplicaSet controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        pods: informers.pods.clone(),
+        expectations: Expectations::new(),
     });
     Controller::new(
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .owns_stream(informers.pods.trigger_stream())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;

@@ -10,15 +10,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use skiff_client::informer::Informer;
 
+use crate::expectations::Expectations;
 use crate::pods::owner_ref;
 use crate::replicas::{self, PodSelector, Target};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
 
 /// What the controller should do for one ReplicationController.
 pub type Plan = replicas::Plan<ReplicationControllerStatus>;
@@ -64,18 +66,27 @@ pub fn plan(rc: &ReplicationController, pods: &[Pod], now: Timestamp) -> Plan {
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    pods: Informer<Pod>,
+    expectations: Expectations,
 }
 
 async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rc.namespace().unwrap_or_default();
     let name = rc.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let all = pods.list(&ListParams::default()).await?.items;
-    let plan = plan(&rc, &all, Timestamp::now());
     let owner = owner_ref("v1", "ReplicationController", &rc.metadata)
         .ok_or_else(|| Error::Invalid(name.clone(), "no uid".into()))?;
     let template = rc.spec.as_ref().and_then(|s| s.template.as_ref());
-    replicas::apply(&pods, &owner, rc.namespace(), template, &all, &plan).await?;
+    let (plan, settled) = replicas::sync(
+        &ctx.pods,
+        &ctx.expectations,
+        &pods,
+        &owner,
+        &ns,
+        template,
+        |all| plan(&rc, all, Timestamp::now()),
+    )
+    .await?;
     if rc.status.clone().unwrap_or_default() != plan.status {
         let api: Api<ReplicationController> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch_status(
@@ -85,9 +96,13 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Context>) -> Result<
         )
         .await?;
     }
-    let next = plan
+    let mut next = plan
         .recheck_after
         .map_or(ctx.config.resync, |d| d.min(ctx.config.resync));
+    if !settled {
+        // See the ReplicaSet controller.
+        next = next.min(Duration::from_secs(1));
+    }
     Ok(Action::requeue(next))
 }
 
@@ -97,16 +112,18 @@ fn error_policy(rc: Arc<ReplicationController>, err: &Error, _ctx: Arc<Context>)
 }
 
 /// Runs the ReplicationController controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        pods: informers.pods.clone(),
+        expectations: Expectations::new(),
     });
     Controller::new(
         Api::<ReplicationController>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .owns_stream(informers.pods.trigger_stream())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;

@@ -1,0 +1,161 @@
+//! Expectations: what a controller wrote and has not yet seen in its
+//! informer cache.
+//!
+//! Controllers decide from a cache that lags the API. After a ReplicaSet
+//! controller created three pods, a reconcile that runs before the cache
+//! holds them would create three more. Like Kubernetes' controller
+//! expectations, each owner records the objects it created and deleted;
+//! until the cache reflects all of them (or [`TIMEOUT`] passed, in case a
+//! watch event was lost), the owner's reconcile must not create or delete
+//! again. Unlike Kubernetes' counters, the records are object names, so the
+//! check is a plain cache lookup and needs no event hooks.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use skiff_client::informer::Informer;
+
+/// How long unobserved writes block an owner (Kubernetes' 5 minutes).
+pub const TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+struct Pending {
+    namespace: String,
+    /// Names created, to appear in the cache.
+    created: Vec<String>,
+    /// (name, uid) deleted, to disappear from the cache or be terminating.
+    deleted: Vec<(String, String)>,
+    since: Instant,
+}
+
+/// Per-owner records of unobserved writes; keys are the owners' uids.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl Expectations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that `owner` created `created` and deleted `deleted`
+    /// (name, uid) in `namespace`.
+    pub fn expect(
+        &self,
+        owner: &str,
+        namespace: &str,
+        created: Vec<String>,
+        deleted: Vec<(String, String)>,
+    ) {
+        if created.is_empty() && deleted.is_empty() {
+            return;
+        }
+        let mut pending = self.lock();
+        let entry = pending.entry(owner.to_string()).or_insert_with(|| Pending {
+            namespace: namespace.to_string(),
+            created: Vec::new(),
+            deleted: Vec::new(),
+            since: Instant::now(),
+        });
+        entry.created.extend(created);
+        entry.deleted.extend(deleted);
+        entry.since = Instant::now();
+    }
+
+    /// Whether the cache reflects every write `owner` recorded, so its
+    /// reconcile may create and delete again. Observed records are dropped.
+    pub fn satisfied<K>(&self, owner: &str, cache: &Informer<K>) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let mut pending = self.lock();
+        let Some(p) = pending.get_mut(owner) else {
+            return true;
+        };
+        let ns = p.namespace.clone();
+        p.created.retain(|name| cache.get(&ns, name).is_none());
+        p.deleted.retain(|(name, uid)| {
+            cache.get(&ns, name).is_some_and(|o| {
+                o.meta().uid.as_deref() == Some(uid.as_str())
+                    && o.meta().deletion_timestamp.is_none()
+            })
+        });
+        let done = (p.created.is_empty() && p.deleted.is_empty()) || p.since.elapsed() > TIMEOUT;
+        if done {
+            if p.since.elapsed() > TIMEOUT {
+                tracing::warn!(
+                    owner,
+                    "expectations timed out; acting on the cache as it is"
+                );
+            }
+            pending.remove(owner);
+        }
+        done
+    }
+
+    /// Forgets an owner (it was deleted).
+    pub fn forget(&self, owner: &str) {
+        self.lock().remove(owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::testing::pod;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn cache(pods: Vec<Pod>) -> Informer<Pod> {
+        Informer::from_objects(pods)
+    }
+
+    fn in_ns(name: &str, uid: &str) -> Pod {
+        let mut p = pod(name, None, "Running", None);
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some(uid.into());
+        p
+    }
+
+    #[test]
+    fn creates_block_until_the_cache_holds_them() {
+        let e = Expectations::new();
+        assert!(e.satisfied("rs", &cache(vec![])), "nothing recorded");
+        e.expect("rs", "ns", vec!["a".into(), "b".into()], vec![]);
+        let a = in_ns("a", "u1");
+        assert!(!e.satisfied("rs", &cache(vec![a.clone()])), "b not seen");
+        assert!(e.satisfied("other", &cache(vec![])), "per owner");
+        let b = in_ns("b", "u2");
+        assert!(e.satisfied("rs", &cache(vec![b])), "a was seen before");
+        assert!(e.satisfied("rs", &cache(vec![])), "forgotten once seen");
+    }
+
+    #[test]
+    fn deletes_block_until_gone_terminating_or_replaced() {
+        let e = Expectations::new();
+        let a = in_ns("a", "u1");
+        e.expect("rs", "ns", vec![], vec![("a".into(), "u1".into())]);
+        assert!(!e.satisfied("rs", &cache(vec![a.clone()])));
+        let mut terminating = a.clone();
+        terminating.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(e.satisfied("rs", &cache(vec![terminating])));
+
+        e.expect("rs", "ns", vec![], vec![("a".into(), "u1".into())]);
+        let recreated = in_ns("a", "u2");
+        assert!(e.satisfied("rs", &cache(vec![recreated])), "another uid");
+        e.expect("rs", "ns", vec![], vec![("a".into(), "u1".into())]);
+        assert!(e.satisfied("rs", &cache(vec![])), "gone");
+    }
+}
