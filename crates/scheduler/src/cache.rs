@@ -19,10 +19,11 @@ struct PodEntry {
 
 #[derive(Debug, Default)]
 pub struct Cache {
-    /// Every node that has pods or exists; `present` tells which exist.
+    /// Nodes that exist, by name.
     nodes: BTreeMap<String, NodeInfo>,
-    present: std::collections::BTreeSet<String>,
-    /// Pod uid → where it is.
+    /// Pods on nodes with no Node object (seen before their node, or left
+    /// after it was deleted), on placeholder nodes.
+    orphans: HashMap<String, NodeInfo>,
     pods: HashMap<String, PodEntry>,
 }
 
@@ -37,46 +38,48 @@ fn placeholder(name: &str) -> Arc<Node> {
 }
 
 impl Cache {
-    /// A node was added or changed; true when the change may make pending
-    /// pods fit (anything but status heartbeats).
     pub fn set_node(&mut self, node: Arc<Node>) -> bool {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let is_new = self.present.insert(name.clone());
-        match self.nodes.get_mut(&name) {
-            Some(info) => {
-                let old = info.node.clone();
-                info.set_node(node.clone());
-                is_new || scheduling_relevant_change(&old, &node)
-            }
-            None => {
-                self.nodes.insert(name, NodeInfo::new(node));
-                true
-            }
+        if let Some(info) = self.nodes.get_mut(&name) {
+            let old = info.node.clone();
+            info.set_node(node.clone());
+            return scheduling_relevant_change(&old, &node);
         }
+        let info = match self.orphans.remove(&name) {
+            Some(mut info) => {
+                info.set_node(node);
+                info
+            }
+            None => NodeInfo::new(node),
+        };
+        self.nodes.insert(name, info);
+        true
     }
 
     pub fn delete_node(&mut self, name: &str) {
-        self.present.remove(name);
-        if let Some(info) = self.nodes.get_mut(name) {
-            if info.pods.is_empty() {
-                self.nodes.remove(name);
-            } else {
-                info.set_node(placeholder(name));
-            }
+        if let Some(mut info) = self.nodes.remove(name)
+            && !info.pods.is_empty()
+        {
+            info.set_node(placeholder(name));
+            self.orphans.insert(name.to_string(), info);
         }
     }
 
     pub fn node_names(&self) -> Vec<String> {
-        self.present.iter().cloned().collect()
+        self.nodes.keys().cloned().collect()
     }
 
     fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
         let uid = pod.uid().to_string();
         self.remove_pod(&uid);
-        self.nodes
-            .entry(node.to_string())
-            .or_insert_with(|| NodeInfo::new(placeholder(node)))
-            .add_pod(pod);
+        match self.nodes.get_mut(node) {
+            Some(info) => info.add_pod(pod),
+            None => self
+                .orphans
+                .entry(node.to_string())
+                .or_insert_with(|| NodeInfo::new(placeholder(node)))
+                .add_pod(pod),
+        }
         self.pods.insert(
             uid,
             PodEntry {
@@ -86,8 +89,6 @@ impl Cache {
         );
     }
 
-    /// An assigned pod seen through the watch; returns whether it was
-    /// assumed by this scheduler before (i.e. it is our own binding).
     pub fn add_or_update_pod(&mut self, pod: Arc<PodInfo>, node: &str) -> bool {
         let was_assumed = self
             .pods
@@ -97,12 +98,10 @@ impl Cache {
         was_assumed
     }
 
-    /// Counts `pod` on `node` before the binding is confirmed.
     pub fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
         self.place(pod, node, true);
     }
 
-    /// Undoes [`Cache::assume`] (binding failed).
     pub fn forget(&mut self, uid: &str) {
         if self.pods.get(uid).is_some_and(|e| e.assumed) {
             self.remove_pod(uid);
@@ -113,15 +112,16 @@ impl Cache {
         self.pods.get(uid).is_some_and(|e| e.assumed)
     }
 
-    /// Removes a pod wherever it is; returns whether it was there.
     pub fn remove_pod(&mut self, uid: &str) -> bool {
         let Some(e) = self.pods.remove(uid) else {
             return false;
         };
         if let Some(info) = self.nodes.get_mut(&e.node) {
             info.remove_pod(uid);
-            if info.pods.is_empty() && !self.present.contains(&e.node) {
-                self.nodes.remove(&e.node);
+        } else if let Some(info) = self.orphans.get_mut(&e.node) {
+            info.remove_pod(uid);
+            if info.pods.is_empty() {
+                self.orphans.remove(&e.node);
             }
         }
         true
@@ -131,22 +131,16 @@ impl Cache {
         self.pods.keys().cloned().collect()
     }
 
-    /// The existing nodes, in name order.
+    /// The nodes that exist, in name order.
     pub fn node_infos(&self) -> Vec<&NodeInfo> {
-        self.present
-            .iter()
-            .filter_map(|n| self.nodes.get(n))
-            .collect()
+        self.nodes.values().collect()
     }
 
     pub fn node_info(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name).filter(|_| self.present.contains(name))
+        self.nodes.get(name)
     }
 }
 
-/// Whether a node update matters for scheduling (upstream's
-/// `nodeSchedulingPropertiesChange`): allocatable, labels, taints,
-/// unschedulable, conditions' statuses.
 fn scheduling_relevant_change(old: &Node, new: &Node) -> bool {
     let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
     let taints = |n: &Node| n.spec.as_ref().and_then(|s| s.taints.clone());
@@ -220,7 +214,7 @@ mod tests {
         c.delete_node("n1");
         assert!(c.node_infos().is_empty());
         c.remove_pod("a");
-        assert!(c.nodes.is_empty());
+        assert!(c.nodes.is_empty() && c.orphans.is_empty());
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct PodInfo {
     /// `spec.priority`, resolved by whoever built this (see
     /// [`PodInfo::with_priority`]).
     pub priority: i32,
+    /// The pod has pod affinity or anti-affinity terms.
+    pub has_pod_affinity: bool,
 }
 
 impl PodInfo {
@@ -108,6 +110,11 @@ impl PodInfo {
             non_zero_requests: non_zero_requests(&pod),
             host_ports: host_ports(&pod),
             priority,
+            has_pod_affinity: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.affinity.as_ref())
+                .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some()),
             pod,
         }
     }
@@ -145,6 +152,10 @@ impl PodInfo {
 pub struct NodeInfo {
     pub node: Arc<Node>,
     pub pods: Vec<Arc<PodInfo>>,
+    /// The subset of `pods` with pod (anti-)affinity terms, so inter-pod
+    /// affinity does not look at every pod of the cluster for every pod
+    /// (upstream's `PodsWithAffinity`).
+    pub pods_with_affinity: Vec<Arc<PodInfo>>,
     /// Sum of the assigned pods' effective requests.
     pub requested: Resource,
     /// The same with non-zero defaults (for scoring).
@@ -163,6 +174,7 @@ impl NodeInfo {
         NodeInfo {
             node,
             pods: Vec::new(),
+            pods_with_affinity: Vec::new(),
             requested: Resource::default(),
             non_zero_requested: Resource::default(),
             allocatable,
@@ -196,6 +208,9 @@ impl NodeInfo {
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.requested.add(&pod.requests);
         self.non_zero_requested.add(&pod.non_zero_requests);
+        if pod.has_pod_affinity {
+            self.pods_with_affinity.push(pod.clone());
+        }
         self.pods.push(pod);
     }
 
@@ -205,6 +220,9 @@ impl NodeInfo {
             return false;
         };
         let pod = self.pods.swap_remove(i);
+        if pod.has_pod_affinity {
+            self.pods_with_affinity.retain(|p| p.uid() != uid);
+        }
         self.requested.sub(&pod.requests);
         self.non_zero_requested.sub(&pod.non_zero_requests);
         true
@@ -474,17 +492,36 @@ pub fn reason_histogram<'a>(statuses: impl IntoIterator<Item = &'a Status>) -> V
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleResult {
     pub node: String,
+    /// Nodes filtered before enough were feasible.
     pub evaluated_nodes: usize,
     pub feasible_nodes: usize,
 }
 
-/// `schedulePod`: PreFilter, Filter on every node, Score the feasible ones,
-/// pick the highest (ties broken by `tie_break`, which is handed the number
-/// of tied nodes and returns an index below it).
+/// Upstream's `numFeasibleNodesToFind` with the adaptive default
+/// `percentageOfNodesToScore`: every node below 100 nodes, else
+/// `50 - nodes/125` percent (at least 5 %) but at least 100 nodes. A large
+/// cluster is not filtered and scored whole for every pod.
+pub fn feasible_nodes_to_find(num_all_nodes: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    const MIN_PERCENT: usize = 5;
+    if num_all_nodes < MIN_NODES {
+        return num_all_nodes;
+    }
+    let percent = 50usize.saturating_sub(num_all_nodes / 125).max(MIN_PERCENT);
+    (num_all_nodes * percent / 100).max(MIN_NODES)
+}
+
+/// `schedulePod`: PreFilter, Filter nodes from `start` round the list until
+/// [`feasible_nodes_to_find`] fit (upstream's rotating
+/// `nextStartNodeIndex`: the caller passes the previous start plus the
+/// previous `evaluated_nodes`), Score the feasible ones, pick the highest
+/// (ties broken by `tie_break`, which is handed the number of tied nodes
+/// and returns an index below it).
 pub fn schedule_pod(
     profile: &Profile,
     pod: &PodInfo,
     snapshot: &Snapshot,
+    start: usize,
     tie_break: &mut dyn FnMut(usize) -> usize,
 ) -> Result<ScheduleResult, FitError> {
     let num_all_nodes = snapshot.nodes.len();
@@ -508,11 +545,18 @@ pub fn schedule_pod(
         fit_error.pre_filter_msg = Some(pre.message());
         return Err(fit_error);
     }
+    let want = feasible_nodes_to_find(num_all_nodes);
     let mut feasible: Vec<&NodeInfo> = Vec::new();
-    for n in snapshot.nodes {
+    let mut evaluated_nodes = 0;
+    for i in 0..num_all_nodes {
+        let n = snapshot.nodes[(start + i) % num_all_nodes];
+        evaluated_nodes += 1;
         let s = profile.run_filters(&state, pod, n);
         if s.is_success() {
             feasible.push(n);
+            if feasible.len() >= want {
+                break;
+            }
         } else {
             fit_error.node_to_status.insert(n.name().to_string(), s);
         }
@@ -520,7 +564,6 @@ pub fn schedule_pod(
     if feasible.is_empty() {
         return Err(fit_error);
     }
-    let evaluated_nodes = num_all_nodes;
     let feasible_nodes = feasible.len();
     if feasible.len() == 1 {
         return Ok(ScheduleResult {
@@ -559,6 +602,48 @@ pub fn default_normalize(scores: &mut [i64], reverse: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugins::default_profile;
+    use crate::plugins::testing::{node_named, pod};
+    use serde_json::json;
+
+    #[test]
+    fn large_clusters_are_searched_only_until_enough_nodes_fit() {
+        let cases = [
+            (0, 0),
+            (99, 99),
+            (100, 100),
+            (200, 100),
+            (1000, 420),
+            (5000, 500),
+            (10000, 500),
+        ];
+        for (nodes, want) in cases {
+            assert_eq!(feasible_nodes_to_find(nodes), want, "{nodes} nodes");
+        }
+        let nodes: Vec<NodeInfo> = (0..1000)
+            .map(|i| {
+                let over = if i % 2 == 0 {
+                    json!({"spec": {"unschedulable": true}})
+                } else {
+                    json!({})
+                };
+                node_named(&format!("n{i:04}"), over)
+            })
+            .collect();
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let cluster = ClusterInfo::default();
+        let snapshot = Snapshot {
+            nodes: &refs,
+            cluster: &cluster,
+        };
+        let profile = default_profile();
+        let p = pod(json!({}));
+        let r = schedule_pod(&profile, &p, &snapshot, 990, &mut |_| 0).expect("fits");
+        // 420 feasible among every other node, starting at 990 and wrapping.
+        assert_eq!((r.feasible_nodes, r.evaluated_nodes), (420, 840));
+        let idx: usize = r.node[1..].parse().unwrap();
+        assert!(idx % 2 == 1 && (idx >= 990 || idx < 830), "{}", r.node);
+    }
 
     fn st(code: Code, reasons: &[&str]) -> Status {
         Status {

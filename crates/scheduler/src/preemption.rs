@@ -195,6 +195,7 @@ mod tests {
                 nodes: &refs,
                 cluster: &cluster,
             },
+            0,
             &mut |_| 0,
         )
         .expect_err("nothing fits");

@@ -108,6 +108,9 @@ struct Scheduler {
     client: kube::Client,
     config: SchedulerConfig,
     profile: Profile,
+    /// Where the next cycle starts filtering (upstream's
+    /// `nextStartNodeIndex`), so every node gets its turn.
+    next_start_node: usize,
     cache: Cache,
     queue: SchedulingQueue,
     /// Pending pods that are ours, by key.
@@ -138,6 +141,7 @@ impl Scheduler {
             client,
             config,
             profile: default_profile(),
+            next_start_node: 0,
             cache: Cache::default(),
             pending: HashMap::new(),
             cluster: ClusterInfo::default(),
@@ -395,11 +399,13 @@ impl Scheduler {
             nodes: &infos,
             cluster: &self.cluster,
         };
-        let result = schedule_pod(&self.profile, &info, &snapshot, &mut |n| {
+        let start = self.next_start_node;
+        let result = schedule_pod(&self.profile, &info, &snapshot, start, &mut |n| {
             fastrand::usize(..n)
         });
         match result {
             Ok(r) => {
+                self.next_start_node = (start + r.evaluated_nodes) % infos.len().max(1);
                 drop(infos);
                 let mut bound = (*pod).clone();
                 bound.spec.get_or_insert_with(Default::default).node_name = Some(r.node.clone());

@@ -146,14 +146,6 @@ impl PodTerms {
     }
 }
 
-fn has_affinity(pod: &PodInfo) -> bool {
-    pod.pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
-}
-
 type TopologyCounts = HashMap<(String, String), i64>;
 
 struct FilterState {
@@ -201,12 +193,20 @@ impl PreFilterPlugin for InterPodAffinity {
             affinity: HashMap::new(),
             anti_affinity: HashMap::new(),
         };
+        // Without terms of its own, only pods with terms can matter.
+        let all_pods =
+            !s.terms.required_affinity.is_empty() || !s.terms.required_anti_affinity.is_empty();
         for node in snapshot.nodes {
-            for existing in &node.pods {
+            let candidates = if all_pods {
+                &node.pods
+            } else {
+                &node.pods_with_affinity
+            };
+            for existing in candidates {
                 if existing.uid() == pod.uid() {
                     continue;
                 }
-                if has_affinity(existing) {
+                if existing.has_pod_affinity {
                     for t in PodTerms::of(existing).required_anti_affinity {
                         if t.matches(pod, cluster) {
                             add(&mut s.existing_anti, node, &t.topology_key, 1);
@@ -318,7 +318,12 @@ impl ScorePlugin for InterPodAffinity {
         };
         let own = !terms.preferred_affinity.is_empty() || !terms.preferred_anti_affinity.is_empty();
         for node in snapshot.nodes {
-            for existing in &node.pods {
+            let candidates = if own {
+                &node.pods
+            } else {
+                &node.pods_with_affinity
+            };
+            for existing in candidates {
                 if own {
                     for t in &terms.preferred_affinity {
                         if t.matches(existing, cluster) {
@@ -331,7 +336,7 @@ impl ScorePlugin for InterPodAffinity {
                         }
                     }
                 }
-                if !has_affinity(existing) {
+                if !existing.has_pod_affinity {
                     continue;
                 }
                 let et = PodTerms::of(existing);
