@@ -8,6 +8,13 @@ mod dns;
 use anyhow::Result;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the control plane allocates and
+/// frees small objects on every thread all the time, where glibc spent a
+/// quarter of the server's CPU and kept freed memory in per-thread arenas
+/// (see docs/benchmarks.md, scale).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
