@@ -53,6 +53,11 @@ pub struct EmbeddedConfig {
     /// How many events the in-memory broadcast holds for slow watchers
     /// before they fall back to reading the log from disk.
     pub broadcast_capacity: usize,
+    /// redb's page cache. redb defaults to 1 GiB, which the process keeps
+    /// once the database grows past it; the API server's watch cache holds
+    /// the current objects anyway, and misses are served from the kernel's
+    /// page cache.
+    pub cache_bytes: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -61,6 +66,7 @@ impl Default for EmbeddedConfig {
             ttl_sweep_interval: Duration::from_millis(500),
             max_batch: 2048,
             broadcast_capacity: 16 * 1024,
+            cache_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -103,10 +109,13 @@ impl EmbeddedStore {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|e| Error::Embedded {
-            path: path.display().to_string(),
-            source: e.into(),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(path)
+            .map_err(|e| Error::Embedded {
+                path: path.display().to_string(),
+                source: e.into(),
+            })?;
         let shared = Arc::new(Shared {
             db,
             path: path.to_path_buf(),
