@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
@@ -79,6 +80,11 @@ fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
         .iter()
         .find(|r| r.controller == Some(true))
         .map(|r| r.uid.as_str())
+}
+
+/// An object's resourceVersion as a number, if it is one.
+pub fn parse_rv<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
 }
 
 fn remove_from<T: Eq + std::hash::Hash, Q: Eq + std::hash::Hash>(
@@ -145,6 +151,9 @@ impl<K: Resource> Index<K> {
 
 struct Shared<K> {
     index: RwLock<Index<K>>,
+    /// The highest resourceVersion applied from the watch (0 until one
+    /// parses as a number, as etcd-backed servers' do).
+    observed: AtomicU64,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<K>>>>,
     synced: watch::Sender<bool>,
 }
@@ -190,6 +199,7 @@ where
         Informer {
             shared: Arc::new(Shared {
                 index: RwLock::new(Index::default()),
+                observed: AtomicU64::new(0),
                 subscribers: Mutex::new(Vec::new()),
                 synced,
             }),
@@ -217,11 +227,13 @@ where
                 Ok(Event::Apply(obj)) => {
                     let obj = Arc::new(obj);
                     self.write().insert(obj.clone());
+                    self.observe(obj.as_ref());
                     self.notify(std::iter::once(obj));
                 }
                 Ok(Event::Delete(obj)) => {
                     let key = ObjectKey::of(&obj);
                     let old = self.write().remove(&key);
+                    self.observe(&obj);
                     self.notify(std::iter::once(old.unwrap_or_else(|| Arc::new(obj))));
                 }
                 Err(e) => {
@@ -229,6 +241,20 @@ where
                 }
             }
         }
+    }
+
+    fn observe(&self, obj: &K) {
+        if let Some(rv) = parse_rv(obj) {
+            self.shared.observed.fetch_max(rv, Ordering::AcqRel);
+        }
+    }
+
+    /// The highest resourceVersion the cache has applied, when the server's
+    /// versions are numbers. A watch delivers events in resourceVersion
+    /// order, so every write up to it is reflected, including objects
+    /// created and deleted again in between.
+    pub fn observed_resource_version(&self) -> u64 {
+        self.shared.observed.load(Ordering::Acquire)
     }
 
     /// Swaps in a relisted set; everything that changed or vanished is
@@ -239,6 +265,7 @@ where
             let mut index = self.write();
             let mut seen = HashSet::with_capacity(fresh.len());
             for obj in fresh {
+                self.observe(obj.as_ref());
                 seen.insert(ObjectKey::of(obj.as_ref()));
                 let same = index
                     .objects
@@ -454,6 +481,7 @@ mod tests {
         assert!(inf.controlled_by("nobody").is_empty());
         assert_eq!(names(inf.controlled_or_orphaned("a", "rs1")), ["p1", "p2"]);
         assert!(inf.contains_uid("a", "p1", "uid-p1"));
+        assert_eq!(inf.observed_resource_version(), 2);
         assert!(!inf.contains_uid("a", "p1", "other"));
     }
 

@@ -25,8 +25,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 struct Pending {
     namespace: String,
-    /// Names created, to appear in the cache.
-    created: Vec<String>,
+    /// Names created with the resourceVersion the API answered, to appear
+    /// in the cache (or be passed by the cache's watch: a pod created and
+    /// deleted again before this looks never shows up).
+    created: Vec<(String, Option<u64>)>,
     /// (name, uid) deleted, to disappear from the cache or be terminating.
     deleted: Vec<(String, String)>,
     since: Instant,
@@ -49,13 +51,14 @@ impl Expectations {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that `owner` created `created` and deleted `deleted`
-    /// (name, uid) in `namespace`.
+    /// Records that `owner` created `created` (name, resourceVersion of
+    /// the created object) and deleted `deleted` (name, uid) in
+    /// `namespace`.
     pub fn expect(
         &self,
         owner: &str,
         namespace: &str,
-        created: Vec<String>,
+        created: Vec<(String, Option<u64>)>,
         deleted: Vec<(String, String)>,
     ) {
         if created.is_empty() && deleted.is_empty() {
@@ -84,7 +87,10 @@ impl Expectations {
             return true;
         };
         let ns = p.namespace.clone();
-        p.created.retain(|name| cache.get(&ns, name).is_none());
+        let observed = cache.observed_resource_version();
+        p.created.retain(|(name, rv)| {
+            cache.get(&ns, name).is_none() && rv.is_none_or(|rv| observed < rv)
+        });
         p.deleted.retain(|(name, uid)| {
             cache.get(&ns, name).is_some_and(|o| {
                 o.meta().uid.as_deref() == Some(uid.as_str())
@@ -133,13 +139,35 @@ mod tests {
     fn creates_block_until_the_cache_holds_them() {
         let e = Expectations::new();
         assert!(e.satisfied("rs", &cache(vec![])), "nothing recorded");
-        e.expect("rs", "ns", vec!["a".into(), "b".into()], vec![]);
+        e.expect(
+            "rs",
+            "ns",
+            vec![("a".into(), None), ("b".into(), None)],
+            vec![],
+        );
         let a = in_ns("a", "u1");
         assert!(!e.satisfied("rs", &cache(vec![a.clone()])), "b not seen");
         assert!(e.satisfied("other", &cache(vec![])), "per owner");
         let b = in_ns("b", "u2");
         assert!(e.satisfied("rs", &cache(vec![b])), "a was seen before");
         assert!(e.satisfied("rs", &cache(vec![])), "forgotten once seen");
+    }
+
+    #[test]
+    fn a_create_the_watch_passed_is_observed_even_if_already_gone() {
+        let e = Expectations::new();
+        e.expect("rs", "ns", vec![("a".into(), Some(5))], vec![]);
+        let mut other = in_ns("b", "u2");
+        other.metadata.resource_version = Some("4".into());
+        assert!(
+            !e.satisfied("rs", &cache(vec![other.clone()])),
+            "watch at 4"
+        );
+        other.metadata.resource_version = Some("7".into());
+        assert!(
+            e.satisfied("rs", &cache(vec![other])),
+            "watch past 5, a gone"
+        );
     }
 
     #[test]

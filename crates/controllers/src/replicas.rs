@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use skiff_client::informer::Informer;
+use skiff_client::informer::{Informer, parse_rv};
 
 use crate::Error;
 use crate::expectations::Expectations;
@@ -258,7 +258,7 @@ pub async fn apply<S>(
             let mut failed = None;
             for r in results {
                 match r {
-                    Ok(p) => created.push(p.name_any()),
+                    Ok(p) => created.push((p.name_any(), parse_rv(&p))),
                     Err(e) => failed = Some(e),
                 }
             }
