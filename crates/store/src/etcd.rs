@@ -74,6 +74,11 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
+/// The largest gRPC response taken from etcd. gRPC's 4 MiB default is
+/// less than one watch response carries when thousands of pods change at
+/// once (etcd batches events), which ended every watch in a loop.
+const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
 use self::faults::{Backoff, Fault, classify};
 use self::leases::Leases;
 use crate::Store;
@@ -276,7 +281,11 @@ impl EtcdStore {
         let resp = self
             .conn
             .write(backoff, || {
-                let mut kv = self.conn.client.kv_client();
+                let mut kv = self
+                    .conn
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES);
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -421,7 +430,10 @@ impl Conn {
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
             .idempotent(|| {
-                let mut kv = self.client.kv_client();
+                let mut kv = self
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES);
                 async move {
                     kv.get(vec![0], Some(GetOptions::new().with_count_only()))
                         .await
@@ -460,7 +472,10 @@ impl Conn {
         prev_kv: bool,
     ) -> Result<etcd_client::WatchStream> {
         self.idempotent(|| {
-            let mut client = self.client.watch_client();
+            let mut client = self
+                .client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
             let mut options = WatchOptions::new().with_start_revision(start);
             if !range_end.is_empty() {
                 options = options.with_range(range_end.clone());
@@ -676,7 +691,11 @@ impl Store for EtcdStore {
         let mut resp = self
             .conn
             .idempotent(|| {
-                let mut kv = self.conn.client.kv_client();
+                let mut kv = self
+                    .conn
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES);
                 async move { kv.get(key, None).await }
             })
             .await
@@ -715,7 +734,11 @@ impl Store for EtcdStore {
             let result = self
                 .conn
                 .idempotent(|| {
-                    let mut kv = self.conn.client.kv_client();
+                    let mut kv = self
+                        .conn
+                        .client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES);
                     let (start, options) = (start.clone(), options.clone());
                     async move { kv.get(start, Some(options)).await }
                 })
@@ -759,7 +782,11 @@ impl Store for EtcdStore {
         let resp = self
             .conn
             .idempotent(|| {
-                let mut kv = self.conn.client.kv_client();
+                let mut kv = self
+                    .conn
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES);
                 let (start, end) = (start.clone(), end.clone());
                 async move {
                     kv.get(
@@ -988,7 +1015,11 @@ impl Store for EtcdStore {
         let result = self
             .conn
             .idempotent(|| {
-                let mut kv = self.conn.client.kv_client();
+                let mut kv = self
+                    .conn
+                    .client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES);
                 async move { kv.compact(revision, None).await }
             })
             .await;
