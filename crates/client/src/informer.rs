@@ -321,7 +321,8 @@ where
 
     /// Every change from now on (the object after the change, or the last
     /// known object for a deletion), in order. Meant as a controller's
-    /// trigger stream.
+    /// trigger stream (`Controller::owns_shared_stream`: the objects are
+    /// shared, not copied per subscriber).
     pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared
@@ -330,12 +331,6 @@ where
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(tx);
         UnboundedReceiverStream::new(rx)
-    }
-
-    /// Like [`Informer::subscribe`], as the `Result` stream that
-    /// `kube::runtime::Controller::owns_stream` and `watches_stream` take.
-    pub fn trigger_stream(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        self.subscribe().map(|obj| Ok(obj.as_ref().clone()))
     }
 
     /// Waits until the first list has been loaded.

@@ -698,7 +698,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns_stream(informers.replica_sets.trigger_stream())
+    .owns_shared_stream(informers.replica_sets.subscribe())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;

@@ -5,7 +5,9 @@
 //! that stopped matching, replace failed and deleted pods, delete the
 //! cheapest pods first on scale-down; count what the status reports.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -96,13 +98,13 @@ impl<S> Plan<S> {
 
 /// The pure decision: `pods` are the pods of the owner's namespace that it
 /// controls or may adopt (others are ignored).
-pub fn plan(target: &Target<'_>, pods: &[Pod], now: Timestamp) -> Plan<Counts> {
+pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> Plan<Counts> {
     let mut plan = Plan::<Counts>::default();
     let want = target.replicas.max(0);
     let empty = BTreeMap::new();
 
     let mut mine: Vec<&Pod> = Vec::new();
-    for pod in pods {
+    for pod in pods.iter().map(Borrow::borrow) {
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
         let selected = target.selector.matches(labels);
         match controller_ref(&pod.metadata) {
@@ -176,14 +178,10 @@ pub async fn sync<S>(
     owner: &OwnerReference,
     namespace: &str,
     template: Option<&PodTemplateSpec>,
-    decide: impl FnOnce(&[Pod]) -> Plan<S>,
+    decide: impl FnOnce(&[Arc<Pod>]) -> Plan<S>,
 ) -> Result<(Plan<S>, bool), Error> {
     let settled = expectations.satisfied(&owner.uid, cache);
-    let pods: Vec<Pod> = cache
-        .controlled_or_orphaned(namespace, &owner.uid)
-        .iter()
-        .map(|p| p.as_ref().clone())
-        .collect();
+    let pods = cache.controlled_or_orphaned(namespace, &owner.uid);
     let plan = decide(&pods);
     if settled {
         apply(api, owner, namespace, template, &pods, &plan, expectations).await?;
@@ -201,7 +199,7 @@ pub async fn apply<S>(
     owner: &OwnerReference,
     namespace: &str,
     template: Option<&PodTemplateSpec>,
-    all: &[Pod],
+    all: &[Arc<Pod>],
     plan: &Plan<S>,
     expectations: &Expectations,
 ) -> Result<(), Error> {

@@ -5,6 +5,7 @@
 //! The decision is shared with the ReplicationController controller
 //! ([`crate::replicas`]).
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::{ControllerConfig, Error, Informers};
 pub type Plan = replicas::Plan<ReplicaSetStatus>;
 
 /// The pure decision: `pods` are all pods of the ReplicaSet's namespace.
-pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: Timestamp) -> Plan {
+pub fn plan<P: Borrow<Pod>>(rs: &ReplicaSet, pods: &[P], now: Timestamp) -> Plan {
     let Some(spec) = rs.spec.as_ref() else {
         return Plan::default();
     };
@@ -122,7 +123,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
         Api::<ReplicaSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns_stream(informers.pods.trigger_stream())
+    .owns_shared_stream(informers.pods.subscribe())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;

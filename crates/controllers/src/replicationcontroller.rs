@@ -3,6 +3,7 @@
 //! selector. A missing or empty selector defaults to the template's labels,
 //! as the API server's defaulting does upstream.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use crate::{ControllerConfig, Error, Informers};
 pub type Plan = replicas::Plan<ReplicationControllerStatus>;
 
 /// The pure decision: `pods` are all pods of the controller's namespace.
-pub fn plan(rc: &ReplicationController, pods: &[Pod], now: Timestamp) -> Plan {
+pub fn plan<P: Borrow<Pod>>(rc: &ReplicationController, pods: &[P], now: Timestamp) -> Plan {
     let Some(spec) = rc.spec.as_ref() else {
         return Plan::default();
     };
@@ -123,7 +124,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
         Api::<ReplicationController>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns_stream(informers.pods.trigger_stream())
+    .owns_shared_stream(informers.pods.subscribe())
     .run(reconcile, error_policy, ctx)
     .for_each(|_| async {})
     .await;
