@@ -13,6 +13,7 @@
 //! applies before replacing a failed pod (a failed pod is replaced at the
 //! next sync).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +35,12 @@ use serde_json::json;
 use skiff_client::selectors::{node_selector_matches, tolerations_tolerate};
 
 use crate::deployment::resolve;
+use crate::expectations::Expectations;
 use crate::pods::{controller_ref, is_available, is_ready, owner_ref};
 use crate::replicas::delete_pod;
 use crate::revisions::{self, HASH_LABEL};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
 
 /// The tolerations the DaemonSet controller adds to every daemon pod
 /// (upstream `AddOrUpdateDaemonPodTolerations`), as (key, effect).
@@ -207,7 +210,13 @@ fn created(pod: &Pod) -> (i64, String) {
 
 /// The pure decision. `pods` are the DaemonSet's own pods, `hash` the
 /// current template's revision hash.
-pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[&Pod], hash: &str, now: Timestamp) -> Plan {
+pub fn plan<N: Borrow<Node>>(
+    ds: &DaemonSet,
+    nodes: &[N],
+    pods: &[&Pod],
+    hash: &str,
+    now: Timestamp,
+) -> Plan {
     let mut plan = Plan::default();
     let Some(spec) = ds.spec.as_ref() else {
         return plan;
@@ -252,7 +261,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[&Pod], hash: &str, now: Time
     // Nodes whose pods the rolling update considers: (node, new, old).
     let mut update_nodes: Vec<(String, Option<&Pod>, Option<&Pod>)> = Vec::new();
     let mut missing = 0;
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         let name = node.name_any();
         let e = eligibility(&pod_spec, node);
         let here = by_node.get(&name).cloned().unwrap_or_default();
@@ -449,6 +458,10 @@ pub fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Result<Pod, Error> {
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    pods: Informer<Pod>,
+    nodes: Informer<Node>,
+    /// Pods created and deleted but not yet seen in the cache, per DaemonSet.
+    expectations: Expectations,
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -462,11 +475,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let revs_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let ds_api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let all = pods_api.list(&ListParams::default()).await?.items;
-    let mine: Vec<&Pod> = all
-        .iter()
-        .filter(|p| controller_ref(&p.metadata).is_some_and(|r| r.uid == uid))
-        .collect();
+    // Until the cache shows this DaemonSet's last creates and deletes, a
+    // decision could place a second pod on a node; look again soon.
+    if !ctx.expectations.satisfied(&uid, &ctx.pods) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let owned = ctx.pods.controlled_by(&uid);
+    let mine: Vec<&Pod> = owned.iter().map(AsRef::as_ref).collect();
     let revisions: Vec<ControllerRevision> = revs_api
         .list(&ListParams::default())
         .await?
@@ -503,18 +518,17 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Erro
     if ds.metadata.deletion_timestamp.is_none() {
         revisions::apply(&revs_api, &rev_plan).await?;
     }
-    let nodes = Api::<Node>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let nodes = ctx.nodes.list();
     let plan = plan(&ds, &nodes, &mine, &rev_plan.hash, Timestamp::now());
     for node in &plan.create {
-        pods_api
+        let created = pods_api
             .create(&PostParams::default(), &pod_for(&ds, node, &rev_plan.hash)?)
             .await?;
+        ctx.expectations.created(&uid, &ns, &created);
     }
     for pod in &plan.delete {
         delete_pod(&pods_api, pod).await?;
+        ctx.expectations.deleted(&uid, &ns, pod, &mine);
     }
     if !plan.create.is_empty() || !plan.delete.is_empty() {
         tracing::info!(daemonset = %name, created = plan.create.len(), deleted = plan.delete.len(), "synced daemon pods");
@@ -540,10 +554,13 @@ fn error_policy(ds: Arc<DaemonSet>, err: &Error, _ctx: Arc<Context>) -> Action {
 }
 
 /// Runs the DaemonSet controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        pods: informers.pods.clone(),
+        nodes: informers.nodes.clone(),
+        expectations: Expectations::new(),
     });
     let controller = Controller::new(
         Api::<DaemonSet>::all(client.clone()),
@@ -551,23 +568,19 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
     );
     let sets = controller.store();
     controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns_shared_stream(informers.pods.subscribe())
         .owns(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
         )
         // A node came, went or changed labels or taints: every DaemonSet
         // looks again.
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |_node| {
-                sets.state()
-                    .into_iter()
-                    .map(|ds| ObjectRef::from_obj(&*ds))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(informers.nodes.subscribe(), move |_node| {
+            sets.state()
+                .into_iter()
+                .map(|ds| ObjectRef::from_obj(&*ds))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -9,6 +9,7 @@
 //! entries written by the eviction endpoint are dropped once the pod is
 //! gone or after two minutes.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -29,17 +30,19 @@ use serde_json::json;
 
 use crate::deployment::resolve;
 use crate::pods::{controller_ref, is_ready};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
 
 /// How long an eviction's `disruptedPods` entry is kept (upstream).
 pub const DISRUPTED_POD_TIMEOUT: i64 = 120;
 
 /// The pods a budget selects: policy/v1 selects nothing with no selector,
 /// everything in the namespace with an empty one.
-pub fn selected<'a>(pdb: &PodDisruptionBudget, pods: &'a [Pod]) -> Vec<&'a Pod> {
+pub fn selected<'a, P: Borrow<Pod>>(pdb: &PodDisruptionBudget, pods: &'a [P]) -> Vec<&'a Pod> {
     let empty = BTreeMap::new();
     let selector = pdb.spec.as_ref().and_then(|s| s.selector.as_ref());
     pods.iter()
+        .map(Borrow::borrow)
         .filter(|p| {
             skiff_client::selectors::label_selector_matches(
                 selector,
@@ -130,6 +133,7 @@ pub fn status(
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    pods: Informer<Pod>,
 }
 
 /// The summed replicas of the pods' controllers; `None` if a pod has no
@@ -184,10 +188,7 @@ async fn scale_of(client: &kube::Client, ns: &str, pods: &[&Pod]) -> Result<Opti
 async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = pdb.namespace().unwrap_or_default();
     let name = pdb.name_any();
-    let all = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let all = ctx.pods.list_namespace(&ns);
     let pods = selected(&pdb, &all);
     let scale = scale_of(&ctx.client, &ns, &pods).await?;
     let status = status(&pdb, &pods, scale, Timestamp::now());
@@ -222,10 +223,11 @@ fn error_policy(pdb: Arc<PodDisruptionBudget>, err: &Error, _ctx: Arc<Context>) 
 }
 
 /// Runs the disruption controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        pods: informers.pods.clone(),
     });
     let controller = Controller::new(
         Api::<PodDisruptionBudget>::all(client.clone()),
@@ -234,19 +236,15 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
     let budgets = controller.store();
     controller
         // Any pod change may change any budget of its namespace.
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod| {
-                let ns = pod.namespace();
-                budgets
-                    .state()
-                    .into_iter()
-                    .filter(|b| b.namespace() == ns)
-                    .map(|b| ObjectRef::from_obj(&*b))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(informers.pods.subscribe(), move |pod| {
+            let ns = pod.namespace();
+            budgets
+                .state()
+                .into_iter()
+                .filter(|b| b.namespace() == ns)
+                .map(|b| ObjectRef::from_obj(&*b))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

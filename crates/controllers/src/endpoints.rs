@@ -15,6 +15,7 @@
 //! computed by the pure functions [`desired_endpoints`], [`desired_slices`]
 //! and [`plan_slices`]; the reconcile only writes what differs.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -31,12 +32,13 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::pods::{is_ready, owner_ref};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
 
 /// Label naming the service of an EndpointSlice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -117,14 +119,14 @@ fn pod_ipv4(pod: &Pod) -> Option<&str> {
 }
 
 /// The pods of the service: same namespace, labels matching the selector.
-fn selected<'a>(
+fn selected<'a, P: Borrow<Pod>>(
     svc: &Service,
     selector: &BTreeMap<String, String>,
-    pods: &'a [Pod],
+    pods: &'a [P],
 ) -> impl Iterator<Item = &'a Pod> {
     let ns = svc.metadata.namespace.clone();
     let selector = selector.clone();
-    pods.iter().filter(move |p| {
+    pods.iter().map(Borrow::borrow).filter(move |p: &&Pod| {
         p.metadata.namespace == ns
             && selector.iter().all(|(k, v)| {
                 p.metadata
@@ -248,7 +250,7 @@ type SubsetGroup = (Vec<CorePort>, Vec<EndpointAddress>, Vec<EndpointAddress>);
 /// (both allowed with `publishNotReadyAddresses`), grouped by the set of
 /// ports they serve; ready pods in `addresses`, the others in
 /// `notReadyAddresses`. Addresses are sorted by IP, subsets by ports.
-pub fn desired_subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
+pub fn desired_subsets<P: Borrow<Pod>>(svc: &Service, pods: &[P]) -> Vec<EndpointSubset> {
     let Some(selector) = managed_selector(svc) else {
         return Vec::new();
     };
@@ -338,9 +340,9 @@ fn normalize_subsets(subsets: Option<&Vec<EndpointSubset>>) -> Vec<EndpointSubse
 /// written: the service is not managed, or `existing` already says the same
 /// (same subsets and labels). An update keeps `existing`'s other metadata
 /// (and its resourceVersion, for optimistic concurrency).
-pub fn desired_endpoints(
+pub fn desired_endpoints<P: Borrow<Pod>>(
     svc: &Service,
-    pods: &[Pod],
+    pods: &[P],
     existing: Option<&Endpoints>,
 ) -> Option<Endpoints> {
     let selector = managed_selector(svc)?;
@@ -384,9 +386,9 @@ pub struct SliceContent {
 /// split into slices of at most [`MAX_ENDPOINTS_PER_SLICE`]. A service
 /// without endpoints keeps one empty placeholder slice, as upstream.
 /// `zones` maps node names to their `topology.kubernetes.io/zone`.
-pub fn desired_slices(
+pub fn desired_slices<P: Borrow<Pod>>(
     svc: &Service,
-    pods: &[Pod],
+    pods: &[P],
     zones: &BTreeMap<String, String>,
 ) -> Vec<SliceContent> {
     let Some(selector) = managed_selector(svc) else {
@@ -571,7 +573,8 @@ pub fn slice_object(
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
-    nodes: Store<Node>,
+    nodes: Informer<Node>,
+    pods: Informer<Pod>,
 }
 
 fn slice_selector(service: &str) -> ListParams {
@@ -586,16 +589,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let query = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = pods
-        .list(&ListParams::default().labels(&query))
-        .await?
-        .items;
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .list_namespace(&ns)
+        .into_iter()
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect();
 
     let endpoints: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = endpoints.get_opt(&name).await?;
@@ -614,7 +618,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         .iter()
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .filter_map(|n| {
-            let node = ctx.nodes.get(&ObjectRef::new(&n))?;
+            let node = ctx.nodes.get("", &n)?;
             let zone = node.labels().get(ZONE_LABEL)?.clone();
             Some((n, zone))
         })
@@ -677,19 +681,12 @@ fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
 }
 
 /// Runs the Endpoints and EndpointSlice controllers until their watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
-    let (nodes, writer) = reflector::store();
-    let node_watch = reflector::reflector(
-        writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| async {});
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        nodes,
+        nodes: informers.nodes.clone(),
+        pods: informers.pods.clone(),
     });
 
     let controller = Controller::new(
@@ -705,19 +702,15 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         )
         // Any pod change may add, remove or move an address of any service of
         // its namespace (labels can change), so all of them look again.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod| {
-                let ns = pod.namespace();
-                for_pods
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == ns && managed_selector(s).is_some())
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(informers.pods.subscribe(), move |pod| {
+            let ns = pod.namespace();
+            for_pods
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == ns && managed_selector(s).is_some())
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
         // Someone else changed or deleted an Endpoints we manage.
         .watches(
             Api::<Endpoints>::all(client.clone()),
@@ -745,7 +738,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
             }
             async {}
         });
-    tokio::join!(node_watch, run);
+    run.await;
 }
 
 #[cfg(test)]
@@ -1035,7 +1028,7 @@ mod tests {
         let relabelled = with(s.clone(), |s| s.metadata.labels = None);
         assert!(desired_endpoints(&relabelled, &pods, Some(&created)).is_some());
 
-        let no_pods = desired_endpoints(&s, &[], Some(&created)).expect("empties");
+        let no_pods = desired_endpoints::<Pod>(&s, &[], Some(&created)).expect("empties");
         assert_eq!(no_pods.subsets, None);
         let unmanaged = with(s, |s| {
             s.spec.as_mut().unwrap().selector = Some(BTreeMap::new())

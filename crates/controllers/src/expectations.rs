@@ -15,9 +15,10 @@ use std::fmt::Debug;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::Resource;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use skiff_client::informer::Informer;
+use skiff_client::informer::{Informer, parse_rv};
 
 /// How long unobserved writes block an owner (Kubernetes' 5 minutes).
 pub const TIMEOUT: Duration = Duration::from_secs(300);
@@ -74,6 +75,28 @@ impl Expectations {
         entry.created.extend(created);
         entry.deleted.extend(deleted);
         entry.since = Instant::now();
+    }
+
+    /// Records one pod `owner` created (the object the API answered).
+    pub fn created(&self, owner: &str, namespace: &str, pod: &Pod) {
+        self.expect(
+            owner,
+            namespace,
+            vec![(pod.name_any(), parse_rv(pod))],
+            Vec::new(),
+        );
+    }
+
+    /// Records that `owner` deleted the pod `name`, one of `among` (where
+    /// its uid is looked up, so a successor of the same name is not taken
+    /// for it).
+    pub fn deleted(&self, owner: &str, namespace: &str, name: &str, among: &[&Pod]) {
+        let uid = among
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
+        self.expect(owner, namespace, Vec::new(), vec![(name.to_string(), uid)]);
     }
 
     /// Whether the cache reflects every write `owner` recorded, so its

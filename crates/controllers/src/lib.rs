@@ -45,7 +45,7 @@ pub mod statefulset;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::watcher;
 use skiff_client::informer::Informer;
@@ -94,6 +94,7 @@ impl Default for ControllerConfig {
 pub struct Informers {
     pub pods: Informer<Pod>,
     pub replica_sets: Informer<ReplicaSet>,
+    pub nodes: Informer<Node>,
 }
 
 impl Informers {
@@ -102,12 +103,17 @@ impl Informers {
         Informers {
             pods: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
             replica_sets: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
+            nodes: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
         }
     }
 
     /// Waits until every cache holds its first list.
     pub async fn wait_synced(&self) {
-        tokio::join!(self.pods.wait_synced(), self.replica_sets.wait_synced());
+        tokio::join!(
+            self.pods.wait_synced(),
+            self.replica_sets.wait_synced(),
+            self.nodes.wait_synced()
+        );
     }
 }
 
@@ -120,20 +126,20 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
     tokio::join!(
         replicaset::run(client.clone(), config.clone(), informers.clone()),
         replicationcontroller::run(client.clone(), config.clone(), informers.clone()),
-        daemonset::run(client.clone(), config.clone()),
-        statefulset::run(client.clone(), config.clone()),
+        daemonset::run(client.clone(), config.clone(), informers.clone()),
+        statefulset::run(client.clone(), config.clone(), informers.clone()),
         deployment::run(client.clone(), config.clone(), informers.clone()),
         namespace::run(client.clone(), config.clone()),
-        endpoints::run(client.clone(), config.clone()),
+        endpoints::run(client.clone(), config.clone(), informers.clone()),
         gc::run(client.clone(), config.clone()),
         serviceaccount::run(client.clone(), config.clone()),
-        nodelifecycle::run(client.clone(), config.clone()),
-        job::run(client.clone(), config.clone()),
+        nodelifecycle::run(client.clone(), config.clone(), informers.clone()),
+        job::run(client.clone(), config.clone(), informers.clone()),
         cronjob::run(client.clone(), config.clone()),
         nodeipam::run(client.clone(), config.clone()),
         podgc::run(client.clone(), config.clone(), informers.clone()),
-        disruption::run(client.clone(), config.clone()),
-        resourcequota::run(client.clone(), config.clone()),
+        disruption::run(client.clone(), config.clone(), informers.clone()),
+        resourcequota::run(client.clone(), config.clone(), informers.clone()),
     );
 }
 

@@ -12,18 +12,19 @@
 //! such admission step, so a pod without its own toleration of those two
 //! taints is treated as tolerating them for `default_toleration_seconds`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use kube::runtime::watcher;
+use skiff_client::informer::Informer;
 
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -175,26 +176,33 @@ pub fn eviction_in(pod: &Pod, taints: &[Taint], now: i64, default_secs: i64) -> 
     if forever { None } else { deadline }
 }
 
+/// Where node heartbeats are kept.
+const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// What a sweep reads.
+struct Caches {
+    nodes: Informer<Node>,
+    leases: Informer<Lease>,
+    pods: Informer<Pod>,
+}
+
+/// One look at every node, from the caches: mark the silent ones Unknown,
+/// keep their taints, evict pods whose toleration ran out. Returns when to
+/// look again at the latest.
 async fn sweep(
     client: &kube::Client,
     config: &NodeLifecycleConfig,
+    caches: &Caches,
 ) -> Result<Option<Duration>, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let lease_by_node: BTreeMap<String, Lease> = leases
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .map(|l| (l.name_any(), l))
-        .collect();
     let now = Timestamp::now();
     let mut next: Option<Duration> = None;
-    for node in nodes.list(&ListParams::default()).await?.items {
+    for node in caches.nodes.list() {
         let name = node.name_any();
+        let lease = caches.leases.get(LEASE_NAMESPACE, &name);
         let h = health(
             &node,
-            lease_by_node.get(&name),
+            lease.as_deref(),
             now.as_second(),
             config.grace_period,
         );
@@ -240,11 +248,11 @@ async fn sweep(
         if !taints.iter().any(|t| t.effect == "NoExecute") {
             continue;
         }
-        let pods: Api<Pod> = Api::all(client.clone());
-        let on_node = pods
-            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
-            .await?
-            .items;
+        let on_node = caches
+            .pods
+            .list()
+            .into_iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name));
         for pod in on_node {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -278,10 +286,19 @@ async fn sweep(
 }
 
 /// Runs the controller forever.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let lc = config.node_lifecycle.clone();
+    let caches = Caches {
+        leases: Informer::spawn(
+            Api::namespaced(client.clone(), LEASE_NAMESPACE),
+            watcher::Config::default(),
+        ),
+        nodes: informers.nodes,
+        pods: informers.pods,
+    };
+    caches.leases.wait_synced().await;
     loop {
-        let wait = match sweep(&client, &lc).await {
+        let wait = match sweep(&client, &lc, &caches).await {
             Ok(next) => next
                 .map_or(lc.monitor_period, |n| n.min(lc.monitor_period))
                 .max(Duration::from_millis(200)),

@@ -28,10 +28,12 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use skiff_client::quantity;
 
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
 
 struct Context {
     client: kube::Client,
+    pods: Informer<Pod>,
 }
 
 /// Whether a pod still counts against quota (not Succeeded or Failed).
@@ -92,14 +94,19 @@ fn render(resource: &str, milli: i64) -> Quantity {
 /// What a namespace holds, as the quota counts it.
 #[derive(Debug, Default)]
 pub struct Usage {
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// Object counts by quota resource name.
     pub counts: BTreeMap<String, i64>,
 }
 
 /// The pure decision: `status.used` for each resource in `hard`.
 pub fn used(hard: &BTreeMap<String, Quantity>, usage: &Usage) -> BTreeMap<String, Quantity> {
-    let live: Vec<&Pod> = usage.pods.iter().filter(|p| counts(p)).collect();
+    let live: Vec<&Pod> = usage
+        .pods
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|p| counts(p))
+        .collect();
     hard.keys()
         .filter_map(|name| {
             let q = match name.as_str() {
@@ -143,6 +150,7 @@ where
 
 async fn observe(
     client: &kube::Client,
+    pods: &Informer<Pod>,
     ns: &str,
     hard: &BTreeMap<String, Quantity>,
 ) -> Result<Usage, Error> {
@@ -161,10 +169,7 @@ async fn observe(
         )
     });
     if wants_pods {
-        usage.pods = Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items;
+        usage.pods = pods.list_namespace(ns);
     }
     for name in hard.keys() {
         let n = match name.as_str() {
@@ -212,7 +217,7 @@ async fn reconcile(quota: Arc<ResourceQuota>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .and_then(|s| s.hard.clone())
         .unwrap_or_default();
-    let usage = observe(&ctx.client, &ns, &hard).await?;
+    let usage = observe(&ctx.client, &ctx.pods, &ns, &hard).await?;
     let used = used(&hard, &usage);
     let current = quota.status.as_ref();
     if current.and_then(|s| s.hard.as_ref()) != Some(&hard)
@@ -237,9 +242,10 @@ fn error_policy(quota: Arc<ResourceQuota>, err: &Error, _ctx: Arc<Context>) -> A
 
 /// Runs the controller: quotas, re-counted when their namespace's pods change
 /// and every 30 s for the object counts.
-pub async fn run(client: kube::Client, _config: ControllerConfig) {
+pub async fn run(client: kube::Client, _config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
+        pods: informers.pods.clone(),
     });
     let controller = Controller::new(
         Api::<ResourceQuota>::all(client.clone()),
@@ -247,19 +253,15 @@ pub async fn run(client: kube::Client, _config: ControllerConfig) {
     );
     let quotas = controller.store();
     controller
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod| {
-                let ns = pod.namespace();
-                quotas
-                    .state()
-                    .into_iter()
-                    .filter(|q| q.namespace() == ns)
-                    .map(|q| ObjectRef::from_obj(&*q))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_shared_stream(informers.pods.subscribe(), move |pod| {
+            let ns = pod.namespace();
+            quotas
+                .state()
+                .into_iter()
+                .filter(|q| q.namespace() == ns)
+                .map(|q| ObjectRef::from_obj(&*q))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -297,7 +299,10 @@ mod tests {
                 pod("Running", "250m", "64Mi"),
                 pod("Pending", "750m", "64Mi"),
                 pod("Succeeded", "4", "1Gi"),
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
             counts: BTreeMap::from([("configmaps".to_string(), 3)]),
         };
         let used = used(&hard, &usage);

@@ -34,7 +34,8 @@ use serde_json::json;
 use crate::pods::{controller_ref, is_available, is_ready, owner_ref};
 use crate::replicas::delete_pod;
 use crate::revisions::{self, HASH_LABEL};
-use crate::{ControllerConfig, Error};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -391,6 +392,7 @@ pub fn pod_for(
 struct Context {
     client: kube::Client,
     config: ControllerConfig,
+    pods: Informer<Pod>,
 }
 
 async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -406,11 +408,10 @@ async fn reconcile(sts: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, E
     let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let all = pods_api.list(&ListParams::default()).await?.items;
-    let mine: Vec<&Pod> = all
-        .iter()
-        .filter(|p| controller_ref(&p.metadata).is_some_and(|r| r.uid == uid))
-        .collect();
+    // From the shared cache: pod names are fixed, so a decision on a cache
+    // that lags can at worst repeat a create (409) or a delete (404).
+    let owned = ctx.pods.controlled_by(&uid);
+    let mine: Vec<&Pod> = owned.iter().map(AsRef::as_ref).collect();
     let revisions: Vec<ControllerRevision> = revs_api
         .list(&ListParams::default())
         .await?
@@ -527,16 +528,17 @@ fn error_policy(sts: Arc<StatefulSet>, err: &Error, _ctx: Arc<Context>) -> Actio
 }
 
 /// Runs the StatefulSet controller until its watches end.
-pub async fn run(client: kube::Client, config: ControllerConfig) {
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
+        pods: informers.pods.clone(),
     });
     Controller::new(
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    .owns_shared_stream(informers.pods.subscribe())
     .owns(
         Api::<ControllerRevision>::all(client),
         watcher::Config::default(),

@@ -1,7 +1,8 @@
 //! The skiff scheduler: places each pending pod (empty `spec.nodeName`,
 //! `schedulerName: default-scheduler`) on a node and binds it through
 //! `pods/binding`, in the shape of Kubernetes' scheduling framework:
-//! a queue, PreFilter/Filter/Score plugins, bind, and basic preemption.
+//! a queue, PreFilter/Filter/Score plugins, bind, and preemption (which
+//! prefers victims whose PodDisruptionBudgets allow the disruption).
 //!
 //! Invariants:
 //! - It is a Kubernetes API client only (`kube` watchers and requests); it

@@ -1,15 +1,28 @@
-//! Basic preemption (upstream DefaultPreemption's PostFilter): when no node
-//! fits, find a node where removing lower-priority pods makes the pod fit,
+//! Preemption (upstream DefaultPreemption's PostFilter): when no node fits,
+//! find a node where removing lower-priority pods makes the pod fit,
 //! keeping as many of them as still allows it (reprieve). Pure: the caller
-//! deletes the victims and sets `nominatedNodeName`. PodDisruptionBudgets
-//! are not considered.
+//! passes the PodDisruptionBudgets it watches, deletes the victims and sets
+//! `nominatedNodeName`.
+//!
+//! PodDisruptionBudgets are a preference, not a guarantee, as upstream:
+//! on each node the victims whose eviction would exceed a budget's
+//! `status.disruptionsAllowed` are reprieved first, and among candidate
+//! nodes the one with the fewest such violations wins. When every candidate
+//! violates a budget, preemption still happens (the scheduler deletes
+//! victims; it does not go through the eviction subresource).
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::framework::{
     ClusterInfo, Code, CycleState, FitError, NodeInfo, PodInfo, Profile, Snapshot, Status,
 };
+use crate::selectors::label_selector_matches;
 
 pub const ERR_NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
 pub const ERR_NO_VICTIMS: &str = "No preemption victims found for incoming pod";
@@ -18,16 +31,22 @@ pub const ERR_NO_VICTIMS: &str = "No preemption victims found for incoming pod";
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub node: String,
+    /// Most important first (see [`more_important`]).
     pub victims: Vec<Arc<PodInfo>>,
+    /// How many victims are evicted against a PodDisruptionBudget
+    /// (upstream's `NumPDBViolations`).
+    pub num_pdb_violations: usize,
 }
 
 /// A candidate, or the message preemption failed with (without the
-/// `preemption: ` prefix).
+/// `preemption: ` prefix). `pdbs` are all the cluster's policy/v1
+/// PodDisruptionBudgets as last seen.
 pub fn preempt(
     profile: &Profile,
     pod: &PodInfo,
     nodes: &[&NodeInfo],
     cluster: &ClusterInfo,
+    pdbs: &[&PodDisruptionBudget],
     fit: &FitError,
 ) -> Result<Candidate, String> {
     let spec = pod.pod.spec.as_ref();
@@ -53,6 +72,7 @@ pub fn preempt(
         return Err("not eligible due to a terminating pod on the nominated node".into());
     }
 
+    let budgets: Vec<Budget> = pdbs.iter().map(|b| Budget::new(b)).collect();
     let mut statuses: BTreeMap<String, Status> = BTreeMap::new();
     let mut candidates = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -64,10 +84,11 @@ pub fn preempt(
             }
             _ => {}
         }
-        match select_victims(profile, pod, nodes, i, cluster) {
-            Ok(victims) => candidates.push(Candidate {
+        match select_victims(profile, pod, nodes, i, cluster, &budgets) {
+            Ok((victims, num_pdb_violations)) => candidates.push(Candidate {
                 node: name,
                 victims,
+                num_pdb_violations,
             }),
             Err(s) => {
                 statuses.insert(name, s);
@@ -83,23 +104,134 @@ pub fn preempt(
         };
         return Err(e.to_string());
     }
-    // Upstream's pickOneNodeForPreemption (without PDBs): lowest highest
-    // victim priority, then lowest sum of priorities, then fewest victims.
-    candidates.sort_by_key(|c| {
-        let highest = c
-            .victims
-            .iter()
-            .map(|v| v.priority)
-            .max()
-            .unwrap_or(i32::MIN);
-        let sum: i64 = c
-            .victims
-            .iter()
-            .map(|v| v.priority as i64 + i32::MAX as i64 + 1)
-            .sum();
-        (highest, sum, c.victims.len())
-    });
+    candidates.sort_by_key(pick_key);
     Ok(candidates.swap_remove(0))
+}
+
+/// Upstream's `pickOneNodeForPreemption`, as a sort key (smallest wins;
+/// the sort is stable, so remaining ties go to the first node evaluated):
+/// fewest PodDisruptionBudget violations, then the lowest highest victim
+/// priority, then the lowest sum of priorities, then the fewest victims,
+/// then the latest start among the highest-priority victims (they lose
+/// the least work).
+fn pick_key(c: &Candidate) -> (usize, i32, i64, usize, Reverse<StartKey>) {
+    let highest = c
+        .victims
+        .iter()
+        .map(|v| v.priority)
+        .max()
+        .unwrap_or(i32::MIN);
+    // Shifted to be non-negative, so that more victims never make a
+    // smaller sum (upstream adds MaxInt32+1 too).
+    let sum: i64 = c
+        .victims
+        .iter()
+        .map(|v| v.priority as i64 + i32::MAX as i64 + 1)
+        .sum();
+    let earliest = c
+        .victims
+        .iter()
+        .filter(|v| v.priority == highest)
+        .map(|v| start_key(v))
+        .min()
+        .unwrap_or(StartKey::NotStarted);
+    (
+        c.num_pdb_violations,
+        highest,
+        sum,
+        c.victims.len(),
+        Reverse(earliest),
+    )
+}
+
+/// When a pod started, ordered so that a pod without `status.startTime`
+/// (not started yet) counts as the latest, as upstream treats it as
+/// starting now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum StartKey {
+    At(Timestamp),
+    NotStarted,
+}
+
+fn start_key(p: &PodInfo) -> StartKey {
+    match p.pod.status.as_ref().and_then(|s| s.start_time.as_ref()) {
+        Some(t) => StartKey::At(t.0),
+        None => StartKey::NotStarted,
+    }
+}
+
+/// Upstream's `MoreImportantPod`: higher priority first, then the pod that
+/// has run longer; the name makes the order total, so results do not
+/// depend on the order pods sit on a node.
+fn more_important(a: &PodInfo, b: &PodInfo) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then_with(|| start_key(a).cmp(&start_key(b)))
+        .then_with(|| a.namespace().cmp(b.namespace()))
+        .then_with(|| a.name().cmp(b.name()))
+}
+
+/// What victim selection reads of one PodDisruptionBudget.
+struct Budget<'a> {
+    namespace: &'a str,
+    selector: Option<&'a LabelSelector>,
+    /// `status.disruptionsAllowed`; 0 while the disruption controller has
+    /// not written a status yet (as upstream reads the zero value).
+    allowed: i32,
+    /// `status.disruptedPods`: pods whose eviction the API server already
+    /// counted against the budget.
+    disrupted: Option<&'a BTreeMap<String, Time>>,
+}
+
+impl<'a> Budget<'a> {
+    fn new(pdb: &'a PodDisruptionBudget) -> Budget<'a> {
+        let status = pdb.status.as_ref();
+        Budget {
+            namespace: pdb.metadata.namespace.as_deref().unwrap_or("default"),
+            selector: pdb.spec.as_ref().and_then(|s| s.selector.as_ref()),
+            allowed: status.map_or(0, |s| s.disruptions_allowed),
+            disrupted: status.and_then(|s| s.disrupted_pods.as_ref()),
+        }
+    }
+
+    /// policy/v1 semantics: no selector selects nothing, an empty one every
+    /// pod of the namespace (labelled or not). Upstream's scheduler treated
+    /// an empty selector as matching nothing until kubernetes#141785; this
+    /// follows the fix, and agrees with the eviction subresource and the
+    /// disruption controller.
+    fn selects(&self, pod: &PodInfo) -> bool {
+        self.namespace == pod.namespace() && label_selector_matches(self.selector, pod.labels())
+    }
+}
+
+/// Upstream's `filterPodsWithPDBViolation`: splits `pods` (kept in order)
+/// into those whose eviction, together with the evictions of the pods
+/// before them, would exceed a budget they are selected by, and the rest.
+/// A pod already in a budget's `disruptedPods` was counted by the API
+/// server and is not counted again.
+fn split_by_pdb_violation(
+    pods: Vec<Arc<PodInfo>>,
+    budgets: &[Budget],
+) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+    let mut allowed: Vec<i32> = budgets.iter().map(|b| b.allowed).collect();
+    let mut violating = Vec::new();
+    let mut non_violating = Vec::new();
+    for p in pods {
+        let mut violates = false;
+        for (b, left) in budgets.iter().zip(allowed.iter_mut()) {
+            if !b.selects(&p) || b.disrupted.is_some_and(|d| d.contains_key(p.name())) {
+                continue;
+            }
+            *left -= 1;
+            violates |= *left < 0;
+        }
+        if violates {
+            violating.push(p);
+        } else {
+            non_violating.push(p);
+        }
+    }
+    (violating, non_violating)
 }
 
 /// Whether `pod` fits node `index` as `modified` (PreFilter rerun over the
@@ -128,14 +260,18 @@ fn fits(
 }
 
 /// `SelectVictimsOnNode`: remove every lower-priority pod; if the pod then
-/// fits, add them back from the most important down while it still fits.
+/// fits, add them back from the most important down while it still fits,
+/// first those whose eviction would violate a PodDisruptionBudget, then the
+/// others. Returns the victims (most important first) and how many of them
+/// violate a budget.
 fn select_victims(
     profile: &Profile,
     pod: &PodInfo,
     nodes: &[&NodeInfo],
     index: usize,
     cluster: &ClusterInfo,
-) -> Result<Vec<Arc<PodInfo>>, Status> {
+    budgets: &[Budget],
+) -> Result<(Vec<Arc<PodInfo>>, usize), Status> {
     let mut info = nodes[index].clone();
     let mut lower: Vec<Arc<PodInfo>> = info
         .pods
@@ -153,20 +289,22 @@ fn select_victims(
     if !s.is_success() {
         return Err(s);
     }
-    lower.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then_with(|| a.name().cmp(b.name()))
-    });
+    lower.sort_by(|a, b| more_important(a, b));
+    let (violating, non_violating) = split_by_pdb_violation(lower, budgets);
     let mut victims = Vec::new();
-    for p in lower {
-        info.add_pod(p.clone());
-        if !fits(profile, pod, nodes, index, &info, cluster).is_success() {
-            info.remove_pod(p.uid());
-            victims.push(p);
+    let mut num_violating = 0;
+    for (group, violates) in [(violating, true), (non_violating, false)] {
+        for p in group {
+            info.add_pod(p.clone());
+            if !fits(profile, pod, nodes, index, &info, cluster).is_success() {
+                info.remove_pod(p.uid());
+                victims.push(p);
+                num_violating += usize::from(violates);
+            }
         }
     }
-    Ok(victims)
+    victims.sort_by(|a, b| more_important(a, b));
+    Ok((victims, num_violating))
 }
 
 #[cfg(test)]
@@ -184,7 +322,56 @@ mod tests {
         )
     }
 
+    /// A pod like [`prio_pod`] with `over` (labels, namespace, status…)
+    /// merged into its object.
+    fn pod_with(name: &str, cpu: &str, priority: i32, over: serde_json::Value) -> PodInfo {
+        let mut v = json!({"metadata": {"name": name}, "spec": {"priority": priority,
+            "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]}});
+        for (k, o) in over.as_object().into_iter().flatten() {
+            for (kk, vv) in o.as_object().into_iter().flatten() {
+                v[k][kk] = vv.clone();
+            }
+        }
+        pod(v)
+    }
+
+    /// A pod labelled `app: guarded` (selected by [`guard`]).
+    fn guarded(name: &str, cpu: &str, priority: i32) -> PodInfo {
+        pod_with(
+            name,
+            cpu,
+            priority,
+            json!({"metadata": {"labels": {"app": "guarded"}}}),
+        )
+    }
+
+    /// A budget in `default` with `selector` and
+    /// `status.disruptionsAllowed: allowed`.
+    fn budget(selector: serde_json::Value, allowed: i32) -> PodDisruptionBudget {
+        let mut v = json!({"metadata": {"name": "pdb", "namespace": "default"},
+            "spec": {"minAvailable": 1},
+            "status": {"disruptionsAllowed": allowed, "currentHealthy": 0,
+                "desiredHealthy": 0, "expectedPods": 0}});
+        if !selector.is_null() {
+            v["spec"]["selector"] = selector;
+        }
+        serde_json::from_value(v).expect("pdb")
+    }
+
+    /// A budget selecting `app: guarded`.
+    fn guard(allowed: i32) -> PodDisruptionBudget {
+        budget(json!({"matchLabels": {"app": "guarded"}}), allowed)
+    }
+
     fn run(p: &PodInfo, nodes: &[NodeInfo]) -> Result<Candidate, String> {
+        run_with(p, nodes, &[])
+    }
+
+    fn run_with(
+        p: &PodInfo,
+        nodes: &[NodeInfo],
+        pdbs: &[PodDisruptionBudget],
+    ) -> Result<Candidate, String> {
         let profile = default_profile();
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
         let cluster = ClusterInfo::default();
@@ -199,7 +386,8 @@ mod tests {
             &mut |_| 0,
         )
         .expect_err("nothing fits");
-        preempt(&profile, p, &refs, &cluster, &fit)
+        let pdbs: Vec<&PodDisruptionBudget> = pdbs.iter().collect();
+        preempt(&profile, p, &refs, &cluster, &pdbs, &fit)
     }
 
     fn victims(c: &Candidate) -> Vec<&str> {
@@ -286,5 +474,281 @@ mod tests {
             run(&p, &nodes).unwrap_err(),
             "not eligible due to preemptionPolicy=Never"
         );
+    }
+
+    struct PdbCase {
+        name: &'static str,
+        nodes: Vec<NodeInfo>,
+        pdbs: Vec<PodDisruptionBudget>,
+        pod: PodInfo,
+        /// The chosen node, its victims (sorted by name) and how many of
+        /// them violate a budget.
+        want: (&'static str, Vec<&'static str>, usize),
+    }
+
+    fn run_pdb_cases(cases: Vec<PdbCase>) {
+        for c in cases {
+            let got = run_with(&c.pod, &c.nodes, &c.pdbs)
+                .unwrap_or_else(|e| panic!("{}: no candidate: {e}", c.name));
+            assert_eq!(
+                (got.node.as_str(), victims(&got), got.num_pdb_violations),
+                c.want,
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_whose_victims_violate_fewer_budgets_win() {
+        run_pdb_cases(vec![
+            PdbCase {
+                name: "without budgets the lower-priority victim's node wins",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                    node_with_named("n2", json!({}), &[prio_pod("b", "4", 5)]),
+                ],
+                pdbs: vec![],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+            PdbCase {
+                name: "a budget with no disruptions left protects the lower-priority victim",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                    node_with_named("n2", json!({}), &[prio_pod("b", "4", 5)]),
+                ],
+                pdbs: vec![guard(0)],
+                pod: prio_pod("p", "1", 10),
+                want: ("n2", vec!["b"], 0),
+            },
+            PdbCase {
+                name: "a budget with a disruption left does not",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                    node_with_named("n2", json!({}), &[prio_pod("b", "4", 5)]),
+                ],
+                pdbs: vec![guard(1)],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+            PdbCase {
+                name: "every candidate violates: preempt anyway, on the node with the fewest violations",
+                nodes: vec![
+                    node_with_named(
+                        "n1",
+                        json!({}),
+                        &[guarded("a1", "2", 1), guarded("a2", "2", 1)],
+                    ),
+                    node_with_named("n2", json!({}), &[guarded("b", "4", 5)]),
+                ],
+                pdbs: vec![guard(0)],
+                pod: prio_pod("p", "4", 10),
+                want: ("n2", vec!["b"], 1),
+            },
+            PdbCase {
+                name: "a budget in another namespace does not protect",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                    node_with_named("n2", json!({}), &[prio_pod("b", "4", 5)]),
+                ],
+                pdbs: vec![{
+                    let mut b = guard(0);
+                    b.metadata.namespace = Some("other".into());
+                    b
+                }],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+        ]);
+    }
+
+    #[test]
+    fn reprieve_keeps_budget_protected_pods_before_more_important_ones() {
+        let node = || {
+            node_with_named(
+                "n1",
+                json!({}),
+                &[guarded("a", "2", 1), prio_pod("b", "2", 5)],
+            )
+        };
+        run_pdb_cases(vec![
+            PdbCase {
+                name: "without budgets the higher-priority pod is reprieved",
+                nodes: vec![node()],
+                pdbs: vec![],
+                pod: prio_pod("p", "2", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+            PdbCase {
+                name: "the protected pod is reprieved first",
+                nodes: vec![node()],
+                pdbs: vec![guard(0)],
+                pod: prio_pod("p", "2", 10),
+                want: ("n1", vec!["b"], 0),
+            },
+            PdbCase {
+                name: "a protected pod that must go counts as a violation",
+                nodes: vec![node()],
+                pdbs: vec![guard(0)],
+                pod: prio_pod("p", "4", 10),
+                want: ("n1", vec!["a", "b"], 1),
+            },
+        ]);
+    }
+
+    #[test]
+    fn disruptions_allowed_are_spent_from_the_most_important_victim_down() {
+        let node = || {
+            node_with_named(
+                "n1",
+                json!({}),
+                &[guarded("g1", "2", 2), guarded("g2", "2", 1)],
+            )
+        };
+        let cases = [(0, 2), (1, 1), (2, 0), (5, 0)];
+        run_pdb_cases(
+            cases
+                .into_iter()
+                .map(|(allowed, violations)| PdbCase {
+                    name: "both guarded pods must go",
+                    nodes: vec![node()],
+                    pdbs: vec![guard(allowed)],
+                    pod: prio_pod("p", "4", 10),
+                    want: ("n1", vec!["g1", "g2"], violations),
+                })
+                .collect(),
+        );
+        // With one disruption left, the more important g1 takes it: g2 is
+        // the violating one and is reprieved first, so g1 goes.
+        run_pdb_cases(vec![PdbCase {
+            name: "the violating pod is the less important one",
+            nodes: vec![node()],
+            pdbs: vec![guard(1)],
+            pod: prio_pod("p", "2", 10),
+            want: ("n1", vec!["g1"], 0),
+        }]);
+    }
+
+    #[test]
+    fn pods_already_in_disrupted_pods_are_not_counted_again() {
+        let mut counted = guard(0);
+        counted.status.as_mut().expect("status").disrupted_pods = Some(BTreeMap::from([(
+            "a".to_string(),
+            Time("2024-01-01T00:00:00Z".parse().expect("time")),
+        )]));
+        let nodes = || {
+            vec![
+                node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                node_with_named("n2", json!({}), &[prio_pod("b", "4", 5)]),
+            ]
+        };
+        run_pdb_cases(vec![
+            PdbCase {
+                name: "a pod the API server already evicted is not a violation",
+                nodes: nodes(),
+                pdbs: vec![counted],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+            PdbCase {
+                name: "another pod is",
+                nodes: nodes(),
+                pdbs: vec![guard(0)],
+                pod: prio_pod("p", "1", 10),
+                want: ("n2", vec!["b"], 0),
+            },
+        ]);
+    }
+
+    #[test]
+    fn budget_selectors_follow_policy_v1() {
+        let nodes = || {
+            vec![
+                node_with_named("n1", json!({}), &[prio_pod("a", "4", 1)]),
+                node_with_named("n2", json!({}), &[prio_pod("b", "4", 1)]),
+            ]
+        };
+        run_pdb_cases(vec![
+            PdbCase {
+                name: "no selector selects nothing",
+                nodes: nodes(),
+                pdbs: vec![budget(serde_json::Value::Null, 0)],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 0),
+            },
+            PdbCase {
+                name: "an empty selector selects every pod of the namespace, unlabelled too",
+                nodes: nodes(),
+                pdbs: vec![budget(json!({}), 0)],
+                pod: prio_pod("p", "1", 10),
+                want: ("n1", vec!["a"], 1),
+            },
+            PdbCase {
+                name: "match expressions",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[guarded("a", "4", 1)]),
+                    node_with_named("n2", json!({}), &[prio_pod("b", "4", 1)]),
+                ],
+                pdbs: vec![budget(
+                    json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["guarded"]}]}),
+                    0,
+                )],
+                pod: prio_pod("p", "1", 10),
+                want: ("n2", vec!["b"], 0),
+            },
+        ]);
+    }
+
+    #[test]
+    fn ties_go_to_the_node_whose_top_victims_started_last() {
+        let started =
+            |name: &str, at: &str| pod_with(name, "4", 1, json!({"status": {"startTime": at}}));
+        run_pdb_cases(vec![
+            PdbCase {
+                name: "the more recently started victim loses less work",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[started("old", "2024-01-01T00:00:00Z")]),
+                    node_with_named("n2", json!({}), &[started("new", "2024-06-01T00:00:00Z")]),
+                ],
+                pdbs: vec![],
+                pod: prio_pod("p", "1", 10),
+                want: ("n2", vec!["new"], 0),
+            },
+            PdbCase {
+                name: "a victim that has not started counts as the latest",
+                nodes: vec![
+                    node_with_named("n1", json!({}), &[started("old", "2024-01-01T00:00:00Z")]),
+                    node_with_named("n2", json!({}), &[prio_pod("pending", "4", 1)]),
+                ],
+                pdbs: vec![],
+                pod: prio_pod("p", "1", 10),
+                want: ("n2", vec!["pending"], 0),
+            },
+        ]);
+    }
+
+    #[test]
+    fn reprieve_keeps_the_longer_running_of_equal_priority_pods() {
+        let nodes = vec![node_with_named(
+            "n1",
+            json!({}),
+            &[
+                pod_with(
+                    "new",
+                    "2",
+                    1,
+                    json!({"status": {"startTime": "2024-06-01T00:00:00Z"}}),
+                ),
+                pod_with(
+                    "old",
+                    "2",
+                    1,
+                    json!({"status": {"startTime": "2024-01-01T00:00:00Z"}}),
+                ),
+            ],
+        )];
+        let c = run(&prio_pod("p", "2", 10), &nodes).unwrap();
+        assert_eq!(victims(&c), vec!["new"]);
     }
 }

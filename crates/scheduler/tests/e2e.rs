@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -153,6 +154,31 @@ async fn events_for(c: &Cluster, pod: &str, reason: &str) -> anyhow::Result<Vec<
             e.involved_object.name.as_deref() == Some(pod) && e.reason.as_deref() == Some(reason)
         })
         .collect())
+}
+
+/// Waits until the scheduler deletes `pod` as a preemption victim, acting
+/// as the kubelet: a graceful deletion is finished at once.
+async fn victim_deleted(c: &Cluster, pod: &str) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually(&format!("the victim {pod} to be deleted"), || async {
+        match api.get_opt(pod).await? {
+            None => Ok(Some(())),
+            Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                let _ = api
+                    .delete(
+                        pod,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -327,30 +353,51 @@ async fn a_higher_priority_pod_preempts_a_lower_one() -> anyhow::Result<()> {
     add_pod(&c, "low", "1", json!({"priority": 0})).await?;
     assert_eq!(node_of(&c, "low").await?, "only");
     add_pod(&c, "high", "1", json!({"priority": 1000})).await?;
-    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
-    // The victim is deleted (acting as the kubelet: finish a graceful
-    // deletion at once).
-    eventually("the victim to be deleted", || async {
-        match api.get_opt("low").await? {
-            None => Ok(Some(())),
-            Some(p) if p.metadata.deletion_timestamp.is_some() => {
-                let _ = api
-                    .delete(
-                        "low",
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                Ok(None)
-            }
-            Some(_) => Ok(None),
-        }
-    })
-    .await?;
+    victim_deleted(&c, "low").await?;
     assert_eq!(node_of(&c, "high").await?, "only");
     let preempted = events_for(&c, "low", "Preempted").await?;
     assert_eq!(preempted.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn preemption_spares_a_pod_protected_by_a_disruption_budget() -> anyhow::Result<()> {
+    let c = start().await?;
+    // No disruption controller runs here, so the budget never gets a
+    // status: no disruptions are allowed.
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "guarded", "namespace": "default"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+    }))?;
+    Api::<PodDisruptionBudget>::namespaced(c.client.clone(), "default")
+        .create(&PostParams::default(), &pdb)
+        .await
+        .context("creating the budget")?;
+    add_node(&c, "n1", "1", json!({}), json!({})).await?;
+    add_node(&c, "n2", "1", json!({}), json!({})).await?;
+    let guarded: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "guarded", "labels": {"app": "guarded"}},
+        "spec": {"priority": 0, "containers": [{"name": "c", "image": "nginx",
+            "resources": {"requests": {"cpu": "1"}}}]},
+    }))?;
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    api.create(&PostParams::default(), &guarded).await?;
+    let guarded_node = node_of(&c, "guarded").await?;
+    add_pod(&c, "other", "1", json!({"priority": 100})).await?;
+    let other_node = node_of(&c, "other").await?;
+    assert_ne!(guarded_node, other_node);
+
+    // Without the budget the lower-priority `guarded` would be the victim.
+    add_pod(&c, "high", "1", json!({"priority": 1000})).await?;
+    victim_deleted(&c, "other").await?;
+    assert_eq!(node_of(&c, "high").await?, other_node);
+    let g = api.get("guarded").await?;
+    assert!(
+        g.metadata.deletion_timestamp.is_none(),
+        "guarded was preempted"
+    );
+    assert!(events_for(&c, "guarded", "Preempted").await?.is_empty());
     Ok(())
 }
