@@ -158,15 +158,31 @@ struct Shared<K> {
     synced: watch::Sender<bool>,
 }
 
-/// A watched, indexed cache of one resource type. Cheap to clone.
+/// A watched, indexed cache of one resource type. Cheap to clone; the
+/// watch stops when the last clone is dropped (so a component that loses
+/// its leader lease and drops its caches leaves no watch behind).
 pub struct Informer<K> {
     shared: Arc<Shared<K>>,
+    /// The watch feeding `shared`, aborted when the last handle goes. The
+    /// task itself holds a handle without it, so it does not keep itself
+    /// alive.
+    task: Option<Arc<WatchTask>>,
+}
+
+/// Aborts the watch task when dropped.
+struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<K> Clone for Informer<K> {
     fn clone(&self) -> Self {
         Informer {
             shared: self.shared.clone(),
+            task: self.task.clone(),
         }
     }
 }
@@ -178,9 +194,10 @@ where
     /// Starts watching `api` on the current runtime; the watch restarts
     /// with backoff on errors and relists when its history expired.
     pub fn spawn(api: Api<K>, config: watcher::Config) -> Self {
-        let informer = Self::empty();
+        let mut informer = Self::empty();
         let events = watcher::watcher(api, config).default_backoff();
-        tokio::spawn(informer.clone().feed(events));
+        let task = tokio::spawn(informer.clone().feed(events));
+        informer.task = Some(Arc::new(WatchTask(task)));
         informer
     }
 
@@ -203,6 +220,7 @@ where
                 subscribers: Mutex::new(Vec::new()),
                 synced,
             }),
+            task: None,
         }
     }
 

@@ -589,17 +589,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .list_namespace(&ns)
-        .into_iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref();
-            selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-        })
-        .collect();
+    // The namespace's pods from the cache; the desired_* functions select
+    // the service's own.
+    let pods = ctx.pods.list_namespace(&ns);
 
     let endpoints: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = endpoints.get_opt(&name).await?;
@@ -614,8 +606,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         tracing::debug!(service = %name, namespace = %ns, "wrote endpoints");
     }
 
-    let zones: BTreeMap<String, String> = pods
-        .iter()
+    let zones: BTreeMap<String, String> = selected(&svc, selector, &pods)
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .filter_map(|n| {
             let node = ctx.nodes.get("", &n)?;

@@ -673,9 +673,12 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error>
     let releasing: BTreeSet<&str> = plan.remove_finalizers.iter().map(String::as_str).collect();
     release_all(
         &pods_api,
-        mine.iter()
-            .copied()
-            .filter(|p| releasing.contains(p.name_any().as_str())),
+        mine.iter().copied().filter(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| releasing.contains(n))
+        }),
     )
     .await?;
     for index in &plan.create {
@@ -716,24 +719,21 @@ async fn release_orphans(client: kube::Client, pods: Informer<Pod>, jobs: Store<
             None => true,
         }
     };
-    let mut changes = Box::pin(pods.subscribe());
-    let mut next: Vec<Arc<Pod>> = pods.list();
-    loop {
-        for pod in next.drain(..).filter(|p| orphaned(p)) {
-            let api: Api<Pod> =
-                Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-            match release(&api, &pod).await {
-                Ok(()) => {
-                    tracing::info!(pod = %pod.name_any(), "removed the job-tracking finalizer of a pod whose job is gone")
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %pod.name_any(), error = %e, "removing the job-tracking finalizer")
-                }
-            }
+    // Subscribed before the list is taken, so no change falls in between.
+    let changes = pods.subscribe();
+    let mut all = std::pin::pin!(futures::stream::iter(pods.list()).chain(changes));
+    while let Some(pod) = all.next().await {
+        if !orphaned(&pod) {
+            continue;
         }
-        match changes.next().await {
-            Some(pod) => next.push(pod),
-            None => return,
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        match release(&api, &pod).await {
+            Ok(()) => {
+                tracing::info!(pod = %pod.name_any(), "removed the job-tracking finalizer of a pod whose job is gone")
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.name_any(), error = %e, "removing the job-tracking finalizer")
+            }
         }
     }
 }

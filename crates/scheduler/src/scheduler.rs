@@ -4,7 +4,7 @@
 //! failures the way Kubernetes does (`PodScheduled=False` condition and a
 //! `FailedScheduling` event).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use serde_json::json;
+use skiff_client::informer::Informer;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -119,13 +120,11 @@ struct Scheduler {
     cluster: ClusterInfo,
     /// PriorityClass name → (value, globalDefault).
     priority_classes: HashMap<String, (i32, bool)>,
-    /// policy/v1 PodDisruptionBudgets by `namespace/name`, which preemption
-    /// prefers not to violate. Ordered so that preemption sees them in the
-    /// same order every time.
-    pdbs: BTreeMap<String, PodDisruptionBudget>,
-    /// Budgets seen since a (re)list started; they replace `pdbs` when it
-    /// is done, which drops budgets deleted while the watch was down.
-    relist_pdbs: Option<BTreeMap<String, PodDisruptionBudget>>,
+    /// policy/v1 PodDisruptionBudgets, which preemption prefers not to
+    /// violate. A budget change requeues no pod: budgets only steer which
+    /// victims preemption picks, never whether a pod fits (as upstream,
+    /// which registers no PDB events).
+    pdbs: Informer<PodDisruptionBudget>,
     nodes_synced: bool,
     pods_synced: bool,
     relist_nodes: Option<HashSet<String>>,
@@ -146,7 +145,6 @@ impl Scheduler {
         let (bind_tx, bind_rx) = mpsc::unbounded_channel();
         Scheduler {
             queue: SchedulingQueue::new(config.queue.clone()),
-            client,
             config,
             profile: default_profile(),
             next_start_node: 0,
@@ -154,8 +152,8 @@ impl Scheduler {
             pending: HashMap::new(),
             cluster: ClusterInfo::default(),
             priority_classes: HashMap::new(),
-            pdbs: BTreeMap::new(),
-            relist_pdbs: None,
+            pdbs: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
+            client,
             nodes_synced: false,
             pods_synced: false,
             relist_nodes: None,
@@ -171,7 +169,6 @@ impl Scheduler {
         let mut pods = Box::pin(watch(Api::<Pod>::all(c.clone())));
         let mut namespaces = Box::pin(watch(Api::<Namespace>::all(c.clone())));
         let mut classes = Box::pin(watch(Api::<PriorityClass>::all(c.clone())));
-        let mut budgets = Box::pin(watch(Api::<PodDisruptionBudget>::all(c.clone())));
         let mut bind_rx = self.bind_rx.take().expect("run is called once");
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -196,10 +193,6 @@ impl Scheduler {
                 Some(ev) = classes.next() => match ev {
                     Ok(ev) => self.on_priority_class_event(ev),
                     Err(e) => tracing::debug!(error = %e, "watching priority classes"),
-                },
-                Some(ev) = budgets.next() => match ev {
-                    Ok(ev) => self.on_pdb_event(ev),
-                    Err(e) => tracing::debug!(error = %e, "watching pod disruption budgets"),
                 },
                 _ = tick.tick() => self.queue.flush(Instant::now()),
                 _ = std::future::ready(()), if can_schedule => self.schedule_one(),
@@ -398,37 +391,6 @@ impl Scheduler {
         }
     }
 
-    /// Keeps [`Scheduler::pdbs`]. A budget change does not requeue pods:
-    /// budgets only steer which victims preemption picks, never whether a
-    /// pod fits (as upstream, which registers no PDB events).
-    fn on_pdb_event(&mut self, ev: WatchEvent<PodDisruptionBudget>) {
-        fn key(b: &PodDisruptionBudget) -> String {
-            format!(
-                "{}/{}",
-                b.metadata.namespace.as_deref().unwrap_or("default"),
-                b.metadata.name.as_deref().unwrap_or_default()
-            )
-        }
-        match ev {
-            WatchEvent::Init => self.relist_pdbs = Some(BTreeMap::new()),
-            WatchEvent::InitApply(b) => {
-                let into = self.relist_pdbs.as_mut().unwrap_or(&mut self.pdbs);
-                into.insert(key(&b), b);
-            }
-            WatchEvent::Apply(b) => {
-                self.pdbs.insert(key(&b), b);
-            }
-            WatchEvent::Delete(b) => {
-                self.pdbs.remove(&key(&b));
-            }
-            WatchEvent::InitDone => {
-                if let Some(seen) = self.relist_pdbs.take() {
-                    self.pdbs = seen;
-                }
-            }
-        }
-    }
-
     /// One scheduling attempt for the next active pod.
     fn schedule_one(&mut self) {
         let now = Instant::now();
@@ -468,7 +430,9 @@ impl Scheduler {
             Err(mut fit) => {
                 let mut nominated = None;
                 if fit.num_all_nodes > 0 {
-                    let pdbs: Vec<&PodDisruptionBudget> = self.pdbs.values().collect();
+                    let budgets = self.pdbs.list();
+                    let pdbs: Vec<&PodDisruptionBudget> =
+                        budgets.iter().map(AsRef::as_ref).collect();
                     match preempt(&self.profile, &info, &infos, &self.cluster, &pdbs, &fit) {
                         Ok(candidate) => {
                             tracing::info!(
