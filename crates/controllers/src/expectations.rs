@@ -66,6 +66,9 @@ impl Expectations {
             return;
         }
         let mut pending = self.lock();
+        // Entries past their timeout would be dropped by the owner's next
+        // look; an owner that was deleted never looks again, so they go here.
+        pending.retain(|_, p| p.since.elapsed() <= TIMEOUT);
         let entry = pending.entry(owner.to_string()).or_insert_with(|| Pending {
             namespace: namespace.to_string(),
             created: Vec::new(),

@@ -418,7 +418,7 @@ fn decide(job: &Job, pods: &[&Pod], now: Timestamp) -> Plan {
     if let Some((reason, message)) = failure {
         conditions.push(condition("FailureTarget", reason, message, now));
         conditions.push(condition("Failed", reason, message, now));
-        plan.delete = active.iter().map(|p| p.name_any()).collect();
+        finish_active(&mut plan, &mut status, &active);
         plan.status = status;
         return plan;
     }
@@ -444,7 +444,7 @@ fn decide(job: &Job, pods: &[&Pod], now: Timestamp) -> Plan {
             now,
         ));
         status.completion_time = Some(Time(now));
-        plan.delete = active.iter().map(|p| p.name_any()).collect();
+        finish_active(&mut plan, &mut status, &active);
         plan.status = status;
         if let Some(ttl) = spec.ttl_seconds_after_finished {
             plan.recheck_after = Some(Duration::from_secs(ttl.max(0) as u64));
@@ -499,6 +499,28 @@ fn decide(job: &Job, pods: &[&Pod], now: Timestamp) -> Plan {
     }
     plan.status = status;
     plan
+}
+
+/// The Job has just finished: its still active pods are deleted and, as
+/// upstream does, counted as failed (their uids join the uncounted failed
+/// ones, which `plan` folds into the final counters), so their finalizers
+/// can go with the others'.
+fn finish_active(plan: &mut Plan, status: &mut JobStatus, active: &[&Pod]) {
+    plan.delete = active.iter().map(|p| p.name_any()).collect();
+    let uncounted = status
+        .uncounted_terminated_pods
+        .get_or_insert_with(Default::default);
+    let failed = uncounted.failed.get_or_insert_with(Vec::new);
+    for p in active {
+        if let Some(uid) = p.metadata.uid.as_ref()
+            && !failed.contains(uid)
+        {
+            failed.push(uid.clone());
+        }
+        if is_tracked(p) && !plan.remove_finalizers.contains(&p.name_any()) {
+            plan.remove_finalizers.push(p.name_any());
+        }
+    }
 }
 
 struct Context {
@@ -953,6 +975,36 @@ mod tests {
         assert_eq!(p.status.succeeded, Some(1));
         assert_eq!(p.remove_finalizers, vec!["a"]);
         assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn pods_still_active_when_the_job_finishes_count_as_failed() {
+        // Completions reached with one success while two pods still run
+        // (parallelism 3): the two are deleted, counted as failed and
+        // released; so are the running pods of a Job that fails.
+        let j = job(Some(1), 3, false);
+        let pods = [
+            tracked("a", "Succeeded"),
+            tracked("b", "Running"),
+            tracked("c", "Pending"),
+        ];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let p = plan(&j, &refs, now());
+        assert_eq!(terminal(&p.status), Some("Complete"));
+        assert_eq!((p.status.succeeded, p.status.failed), (Some(1), Some(2)));
+        assert_eq!(p.delete, vec!["b", "c"]);
+        let mut released = p.remove_finalizers.clone();
+        released.sort();
+        assert_eq!(released, vec!["a", "b", "c"]);
+
+        let mut j = job(Some(5), 2, false);
+        j.spec.as_mut().unwrap().backoff_limit = Some(0);
+        let pods = [tracked("a", "Failed"), tracked("b", "Running")];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let p = plan(&j, &refs, now());
+        assert_eq!(terminal(&p.status), Some("Failed"));
+        assert_eq!((p.status.succeeded, p.status.failed), (Some(0), Some(2)));
+        assert_eq!(p.delete, vec!["b"]);
     }
 
     #[test]
