@@ -105,25 +105,17 @@ pub fn fields_of(obj: &Value, ignore_status: bool) -> Fields {
             let mut child = Fields::default();
             if k == "metadata" {
                 if let Value::Object(meta) = v {
-                    let mut meta = meta.clone();
-                    for server_set in [
-                        "name",
-                        "namespace",
-                        "uid",
-                        "resourceVersion",
-                        "generation",
-                        "creationTimestamp",
-                        "deletionTimestamp",
-                        "deletionGracePeriodSeconds",
-                        "managedFields",
-                        "selfLink",
-                    ] {
-                        meta.remove(server_set);
+                    for (mk, mv) in meta {
+                        if SERVER_SET_METADATA.contains(&mk.as_str()) {
+                            continue;
+                        }
+                        let mut grandchild = Fields::default();
+                        collect_value(mk, mv, &mut grandchild);
+                        child.0.insert(format!("f:{mk}"), grandchild);
                     }
-                    if meta.is_empty() {
+                    if child.is_empty() {
                         continue;
                     }
-                    collect_map(&meta, &mut child);
                 }
             } else {
                 collect_value(k, v, &mut child);
@@ -133,6 +125,20 @@ pub fn fields_of(obj: &Value, ignore_status: bool) -> Fields {
     }
     out
 }
+
+/// Metadata the server sets, which no manager owns.
+const SERVER_SET_METADATA: [&str; 10] = [
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
 
 fn collect_map(map: &Map<String, Value>, out: &mut Fields) {
     for (k, v) in map {
@@ -381,25 +387,10 @@ pub fn track_update(
 ) -> Vec<ManagedFieldsEntry> {
     let new_fields = fields_of(new, ignore_status);
     let mut changed = Fields::default();
-    for leaf in new_fields.leaves() {
-        let before = old.and_then(|o| value_at(o, &leaf));
-        let after = value_at(new, &leaf);
-        if before != after {
-            changed.insert(&leaf);
-        }
-    }
+    changed_leaves(&new_fields, old, Some(new), &mut Vec::new(), &mut changed);
     for e in entries.iter_mut() {
-        let stale: Vec<Path> = e
-            .fields
-            .leaves()
-            .into_iter()
-            .filter(|p| {
-                value_at(new, p).is_none() || (changed.contains(p) && !same_slot(e, m, "Update"))
-            })
-            .collect();
-        for p in stale {
-            e.fields.remove(&p);
-        }
+        let others = !same_slot(e, m, "Update");
+        prune_stale(&mut e.fields, Some(new), Some(&changed), others);
     }
     if !changed.is_empty() {
         match entries.iter_mut().find(|e| same_slot(e, m, "Update")) {
@@ -423,6 +414,53 @@ pub fn track_update(
     }
     entries.retain(|e| !e.fields.is_empty());
     entries
+}
+
+/// Adds to `out` every leaf of `fields` whose value differs between `old`
+/// and `new`. Both objects are walked along the field tree together, one
+/// step per node, and equal subtrees are not descended into.
+fn changed_leaves(
+    fields: &Fields,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    prefix: &mut Path,
+    out: &mut Fields,
+) {
+    for (pe, child) in &fields.0 {
+        let before = old.and_then(|v| step(v, pe));
+        let after = new.and_then(|v| step(v, pe));
+        if before == after {
+            continue;
+        }
+        prefix.push(pe.clone());
+        if child.is_empty() {
+            out.insert(prefix);
+        } else {
+            changed_leaves(child, before, after, prefix, out);
+        }
+        prefix.pop();
+    }
+}
+
+/// Drops from `fields` the leaves that `new` no longer has and, when
+/// `drop_changed`, the leaves in `changed` (another manager changed
+/// them); branches left empty go too.
+fn prune_stale(
+    fields: &mut Fields,
+    new: Option<&Value>,
+    changed: Option<&Fields>,
+    drop_changed: bool,
+) {
+    fields.0.retain(|pe, child| {
+        let value = new.and_then(|v| step(v, pe));
+        let changed = changed.and_then(|c| c.0.get(pe));
+        if child.is_empty() {
+            value.is_some() && !(drop_changed && changed.is_some())
+        } else {
+            prune_stale(child, value, changed, drop_changed);
+            !child.is_empty()
+        }
+    });
 }
 
 /// A field another manager owns with a different value.
