@@ -217,7 +217,9 @@ impl RunningServer {
             }
             ServerMode::Binary(binary) => {
                 // The API server alone: no controllers, scheduler, agent or DNS.
-                let crate::child::ServerChild { child, log, pid } = crate::child::spawn_server(
+                let crate::child::ServerChild {
+                    child, log, pid, ..
+                } = crate::child::spawn_server(
                     binary,
                     dir,
                     &data_dir,

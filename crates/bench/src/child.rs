@@ -11,6 +11,8 @@ pub struct ServerChild {
     pub child: tokio::process::Child,
     pub log: PathBuf,
     pub pid: u32,
+    /// The HTTPS port it listens on (127.0.0.1).
+    pub port: u16,
 }
 
 /// Starts `binary server` on a free loopback port with `data_dir` and
@@ -42,5 +44,10 @@ pub fn spawn_server(
         .spawn()
         .with_context(|| format!("running {} server", binary.display()))?;
     let pid = child.id().context("the server exited at once")?;
-    Ok(ServerChild { child, log, pid })
+    Ok(ServerChild {
+        child,
+        log,
+        pid,
+        port,
+    })
 }

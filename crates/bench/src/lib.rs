@@ -7,5 +7,6 @@
 pub mod api;
 mod child;
 pub mod scale;
+pub mod startup;
 pub mod stats;
 pub mod store;

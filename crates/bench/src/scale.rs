@@ -283,7 +283,9 @@ impl Server {
                 }
             }
             ServerMode::Binary(binary) => {
-                let crate::child::ServerChild { child, log, pid } = crate::child::spawn_server(
+                let crate::child::ServerChild {
+                    child, log, pid, ..
+                } = crate::child::spawn_server(
                     binary,
                     dir,
                     &data_dir,

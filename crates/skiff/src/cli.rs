@@ -273,6 +273,27 @@ pub enum BenchCommand {
     /// The whole control plane under a density load on simulated nodes:
     /// pods/s to bound and Running, startup latency, memory, CPU, store size.
     Scale(BenchScaleArgs),
+    /// Pod startup latency (creation to Running, image present) on one real
+    /// node with the built-in runtime, and the agent's memory. Runs its
+    /// server and agent in a network namespace it creates (needs root).
+    Startup(BenchStartupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStartupArgs {
+    /// Pods per round, comma-separated; each round starts on an empty node.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100])]
+    pub pods: Vec<usize>,
+    /// The image archive to run (default: the project's test image, built
+    /// from `crates/testbin` with cargo).
+    #[arg(long)]
+    pub image_archive: Option<PathBuf>,
+    /// Give up on a round after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
+    /// Scratch data goes below this directory.
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +414,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
         Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
         Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,
+        Command::Bench(BenchCommand::Startup(args)) => bench_startup(args).await,
         Command::Scheduler(args) => {
             let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
             skiff_scheduler::run(
@@ -737,6 +759,33 @@ async fn bench_api(args: BenchApiArgs) -> Result<()> {
         ..Default::default()
     };
     skiff_bench::api::run(config).await?;
+    Ok(())
+}
+
+async fn bench_startup(args: BenchStartupArgs) -> Result<()> {
+    use skiff_bench::startup::{NETNS_ENV, StartupBenchConfig, print_table, run, run_isolated};
+    let binary = std::env::current_exe().context("finding the skiff binary")?;
+    let image_archive = match args.image_archive {
+        Some(path) => path,
+        None => tokio::task::spawn_blocking(skiff_bench::startup::test_image_archive).await??,
+    };
+    if std::env::var_os(NETNS_ENV).is_none() {
+        // Run again inside a network namespace of its own, with the image
+        // already built.
+        let mut again: Vec<String> = std::env::args().skip(1).collect();
+        again.push("--image-archive".into());
+        again.push(image_archive.to_string_lossy().into_owned());
+        return tokio::task::spawn_blocking(move || run_isolated(&binary, &again)).await?;
+    }
+    let figures = run(StartupBenchConfig {
+        rounds: args.pods,
+        binary,
+        image_archive,
+        work_dir: args.work_dir,
+        timeout: Duration::from_secs(args.timeout_seconds),
+    })
+    .await?;
+    print_table(&figures);
     Ok(())
 }
 
