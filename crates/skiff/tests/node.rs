@@ -11,9 +11,9 @@ mod common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{Cluster, Netns, path_str, stage_image, stop};
 
 const DEPLOYMENT: &str = r#"
