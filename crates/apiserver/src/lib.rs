@@ -368,7 +368,12 @@ async fn resource_request(
     };
     let started = std::time::Instant::now();
     if let (
-        Some(sub @ (resources::Subresource::Log | resources::Subresource::Exec)),
+        Some(
+            sub @ (resources::Subresource::Log
+            | resources::Subresource::Exec
+            | resources::Subresource::Attach
+            | resources::Subresource::PortForward),
+        ),
         Some(ns),
         Some(name),
     ) = (

@@ -1,4 +1,5 @@
-//! `pods/log` and `pods/exec`: proxied to the node agent that runs the pod.
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: proxied to
+//! the node agent that runs the pod.
 //!
 //! As in Kubernetes, the API server finds the pod's node, reads the node's
 //! address (`InternalIP`, else the first address) and agent port
@@ -9,7 +10,12 @@
 //! - `GET pods/<name>/log?container=…` → `GET /containerLogs/<ns>/<pod>/<container>?…`
 //! - `GET|POST pods/<name>/exec?container=…&command=…` →
 //!   `/exec/<ns>/<pod>/<container>?…`, an upgraded (WebSocket `v5.channel.k8s.io`
-//!   or SPDY) connection whose bytes are copied both ways.
+//!   or SPDY) connection whose bytes are copied both ways;
+//! - `GET|POST pods/<name>/attach?container=…` → `/attach/<ns>/<pod>/<container>?…`,
+//!   upgraded the same way;
+//! - `GET|POST pods/<name>/portforward` → `/portForward/<ns>/<pod>?…` (no
+//!   container: the pod's network namespace is shared), upgraded to SPDY or
+//!   to a WebSocket tunnelling SPDY (`SPDY/3.1+portforward.k8s.io`).
 //!
 //! The agent is authenticated to with the cluster's shared token. Like
 //! Kubernetes without `--kubelet-certificate-authority`, the agent's serving
@@ -43,7 +49,10 @@ pub async fn proxy(
     let nodes = resources::find("", "v1", "nodes").ok_or(ApiError::UnknownPath)?;
     let pod = registry::get(state, pods, Some(ns), pod_name).await?;
     let query = req.uri().query().unwrap_or_default().to_string();
-    let container = container_name(&pod, &query)?;
+    let container = match sub {
+        Subresource::PortForward => None,
+        _ => Some(container_name(&pod, &query)?),
+    };
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -60,6 +69,8 @@ pub async fn proxy(
     let path = match sub {
         Subresource::Log => "containerLogs",
         Subresource::Exec => "exec",
+        Subresource::Attach => "attach",
+        Subresource::PortForward => "portForward",
         _ => return Err(ApiError::MethodNotAllowed),
     };
     let forwarded_query = query
@@ -67,7 +78,10 @@ pub async fn proxy(
         .filter(|kv| !kv.is_empty() && !kv.starts_with("container="))
         .collect::<Vec<_>>()
         .join("&");
-    let uri = format!("/{path}/{ns}/{pod_name}/{container}?{forwarded_query}");
+    let uri = match container {
+        Some(container) => format!("/{path}/{ns}/{pod_name}/{container}?{forwarded_query}"),
+        None => format!("/{path}/{ns}/{pod_name}?{forwarded_query}"),
+    };
 
     let stream = connect(&host, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

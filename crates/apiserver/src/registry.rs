@@ -936,6 +936,8 @@ async fn commit_update(
             | Subresource::Eviction
             | Subresource::Log
             | Subresource::Exec
+            | Subresource::Attach
+            | Subresource::PortForward
             | Subresource::Token,
         ) => {
             return Err(ApiError::MethodNotAllowed);

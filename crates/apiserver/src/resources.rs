@@ -37,6 +37,12 @@ pub enum Subresource {
     /// `pods/exec`: a command in a container, streamed through the node
     /// agent.
     Exec,
+    /// `pods/attach`: a running container's stdio, streamed through the
+    /// node agent.
+    Attach,
+    /// `pods/portforward`: TCP connections to the pod's ports, tunnelled
+    /// through the node agent.
+    PortForward,
     /// `serviceaccounts/token`: create a TokenRequest.
     Token,
 }
@@ -51,6 +57,8 @@ impl Subresource {
             Subresource::Finalize => "finalize",
             Subresource::Log => "log",
             Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
             Subresource::Token => "token",
         }
     }
@@ -61,7 +69,9 @@ impl Subresource {
             Subresource::Binding | Subresource::Eviction => &["create"],
             Subresource::Finalize => &["update"],
             Subresource::Log => &["get"],
-            Subresource::Exec => &["create", "get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
             Subresource::Token => &["create"],
         }
     }
@@ -76,6 +86,8 @@ impl Subresource {
             Subresource::Finalize => (def.group, def.version, def.kind),
             Subresource::Log => ("", "v1", "Pod"),
             Subresource::Exec => ("", "v1", "PodExecOptions"),
+            Subresource::Attach => ("", "v1", "PodAttachOptions"),
+            Subresource::PortForward => ("", "v1", "PodPortForwardOptions"),
             Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
@@ -89,6 +101,8 @@ impl Subresource {
             "finalize" => Some(Subresource::Finalize),
             "log" => Some(Subresource::Log),
             "exec" => Some(Subresource::Exec),
+            "attach" => Some(Subresource::Attach),
+            "portforward" => Some(Subresource::PortForward),
             "token" => Some(Subresource::Token),
             _ => None,
         }
@@ -178,6 +192,8 @@ const POD_SUBRESOURCES: &[Subresource] = &[
     Subresource::Eviction,
     Subresource::Log,
     Subresource::Exec,
+    Subresource::Attach,
+    Subresource::PortForward,
 ];
 const NONE: &[Subresource] = &[];
 const ALL: &[&str] = &["all"];

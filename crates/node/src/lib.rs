@@ -1,7 +1,7 @@
 //! The node agent (the kubelet's job): registers this machine as a Node,
 //! keeps its Lease and status fresh, runs the pods bound to it through a
 //! CRI-shaped [`ContainerRuntime`], reports their status, and serves their
-//! logs and exec sessions to the API server.
+//! logs, exec and attach sessions and port forwarding to the API server.
 //!
 //! What it must not do: touch the store, or run containers any other way
 //! than through [`ContainerRuntime`]. It is a Kubernetes API client only and
@@ -10,7 +10,9 @@
 //! Layout: pure logic ([`status`], [`resources`], [`env`], [`spec`],
 //! [`backoff`], [`logs`], probe thresholds in [`probe`]) is unit-tested in
 //! tables; [`node`] (registration, lease, node status), [`pods`] (the
-//! watch and one [`worker`] per pod), [`volumes`] and [`server`] do the IO.
+//! watch and one [`worker`] per pod), [`volumes`] and [`server`] do the IO;
+//! [`spdy`] is SPDY/3.1 framing (pure, unit-tested) under [`portforward`]'s
+//! `portforward.k8s.io` sessions.
 
 pub mod backoff;
 pub mod config;
@@ -21,10 +23,12 @@ pub mod machine;
 pub mod node;
 pub mod podnet;
 pub mod pods;
+pub mod portforward;
 pub mod probe;
 pub mod resources;
 pub mod routes;
 pub mod server;
+pub mod spdy;
 pub mod spec;
 pub mod status;
 pub mod tls;

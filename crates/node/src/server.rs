@@ -1,12 +1,21 @@
 //! The agent's HTTPS server (the kubelet's port 10250), which the API
-//! server proxies `pods/log` and `pods/exec` to:
+//! server proxies `pods/log`, `pods/exec`, `pods/attach` and
+//! `pods/portforward` to:
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`,
 //!   `tailLines`, `timestamps`, `previous`, `sinceSeconds`, `sinceTime`,
 //!   `limitBytes`, read from the CRI log files;
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=…&stdin=&stdout=
 //!   &stderr=&tty=`, the websocket remotecommand protocol
-//!   (`v5.channel.k8s.io`, also `v4`) over [`ContainerRuntime::exec`];
+//!   (`v5.channel.k8s.io`, also `v4`) over [`ContainerRuntime::exec`]:
+//!   channels 0–2 are stdio, 3 the final `Status`, 4 terminal resizes
+//!   (`{"Width":…,"Height":…}`), 255 (v5) closes a stream;
+//! - `GET|POST /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=
+//!   &tty=`, the same protocol over [`ContainerRuntime::attach`] (the
+//!   container's own terminal decides `tty`);
+//! - `GET|POST /portForward/{namespace}/{pod}`, `kubectl port-forward`:
+//!   `portforward.k8s.io` over SPDY/3.1, plain or tunnelled through a
+//!   WebSocket (see [`crate::portforward`]);
 //! - `GET /healthz`, unauthenticated.
 //!
 //! Everything else requires a bearer token equal to the configured one, or
@@ -31,7 +40,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::jiff::Timestamp;
-use skiff_runtime::{ContainerRuntime, ExecRequest, cri_types as cri};
+use skiff_runtime::{AttachRequest, ContainerRuntime, ExecRequest, cri_types as cri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -40,6 +49,7 @@ use tower::ServiceExt;
 
 use crate::logs::{self, LogOptions};
 use crate::pods::PodIndex;
+use crate::portforward;
 use crate::spec;
 
 /// What the handlers share.
@@ -64,6 +74,14 @@ pub fn app(state: ServerState) -> Router {
             get(container_logs),
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach).post(attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(portforward::handler).post(portforward::handler),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state);
     Router::new()
@@ -238,6 +256,57 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
+/// Why a streaming request cannot be served: the status and message.
+type Refusal = (StatusCode, String);
+
+/// The running instance of a pod's container, or why there is none.
+async fn running_container(
+    state: &ServerState,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+) -> Result<cri::ContainerStatus, Refusal> {
+    let Some(pod) = state.pods.get(namespace, pod_name) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod_name} is not on this node"),
+        ));
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let all = instances(state.runtime.as_ref(), &uid, container)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    all.into_iter()
+        .find(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("container {container:?} in pod {pod_name:?} is not running"),
+            )
+        })
+}
+
+/// The websocket upgrade of a streaming request.
+async fn websocket(req: Request, what: &str) -> Result<WebSocketUpgrade, Refusal> {
+    let (mut parts, _body) = req.into_parts();
+    WebSocketUpgrade::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("{what} needs a websocket upgrade ({PROTOCOLS:?}): {e}"),
+            )
+        })
+}
+
+/// Which output streams the client asked for (both unless told otherwise).
+fn wanted_output(pairs: &[(String, String)]) -> (bool, bool) {
+    (
+        value(pairs, "stdout").is_none_or(|_| flag(pairs, "stdout")),
+        value(pairs, "stderr").is_none_or(|_| flag(pairs, "stderr")),
+    )
+}
+
 async fn exec(
     State(state): State<ServerState>,
     Path((namespace, pod_name, container)): Path<(String, String, String)>,
@@ -256,34 +325,13 @@ async fn exec(
             "you must specify at least one command",
         );
     }
-    let Some(pod) = state.pods.get(&namespace, &pod_name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod_name} is not on this node"),
-        );
+    let running = match running_container(&state, &namespace, &pod_name, &container).await {
+        Ok(r) => r,
+        Err((code, message)) => return error(code, message),
     };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let running = match instances(state.runtime.as_ref(), &uid, &container).await {
-        Ok(all) => all
-            .into_iter()
-            .find(|s| s.state == cri::ContainerState::ContainerRunning as i32),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let Some(running) = running else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("container {container:?} in pod {pod_name:?} is not running"),
-        );
-    };
-    let (mut parts, _body) = req.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+    let upgrade = match websocket(req, "exec").await {
         Ok(u) => u,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("exec needs a websocket upgrade ({PROTOCOLS:?}): {e}"),
-            );
-        }
+        Err((code, message)) => return error(code, message),
     };
     let request = ExecRequest {
         container_id: running.id.clone(),
@@ -291,13 +339,45 @@ async fn exec(
         tty: flag(&pairs, "tty"),
         stdin: flag(&pairs, "stdin"),
     };
-    let want_stdout = value(&pairs, "stdout").is_none_or(|_| flag(&pairs, "stdout"));
-    let want_stderr = value(&pairs, "stderr").is_none_or(|_| flag(&pairs, "stderr"));
+    let (want_stdout, want_stderr) = wanted_output(&pairs);
     let runtime = state.runtime.clone();
     upgrade
         .protocols(PROTOCOLS)
         .on_upgrade(move |socket| async move {
             serve_exec(socket, runtime, request, want_stdout, want_stderr).await;
+        })
+}
+
+/// `kubectl attach`: the container's output from now on, and its stdin
+/// when the container keeps one open; the status is `Success` once the
+/// container's output ends (it exited).
+async fn attach(
+    State(state): State<ServerState>,
+    Path((namespace, pod_name, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Response {
+    let pairs = query_pairs(&q);
+    let running = match running_container(&state, &namespace, &pod_name, &container).await {
+        Ok(r) => r,
+        Err((code, message)) => return error(code, message),
+    };
+    let upgrade = match websocket(req, "attach").await {
+        Ok(u) => u,
+        Err((code, message)) => return error(code, message),
+    };
+    let (want_stdout, want_stderr) = wanted_output(&pairs);
+    let request = AttachRequest {
+        container_id: running.id.clone(),
+        stdin: flag(&pairs, "stdin"),
+        stdout: want_stdout,
+        stderr: want_stderr,
+    };
+    let runtime = state.runtime.clone();
+    upgrade
+        .protocols(PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            serve_attach(socket, runtime, request).await;
         })
 }
 
@@ -355,36 +435,44 @@ struct TerminalSize {
     height: u16,
 }
 
-async fn serve_exec(
-    socket: WebSocket,
-    runtime: Arc<dyn ContainerRuntime>,
-    request: ExecRequest,
+/// The streams of an exec or an attach, as the runtime hands them over.
+struct Streams {
+    stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+    stderr: Option<std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>>,
+    resize: Option<mpsc::Sender<(u16, u16)>>,
+}
+
+/// How the copying between a websocket and a runtime's streams ended.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// Both output streams ended: the status can be sent.
+    OutputDone,
+    /// The client closed the connection (or it broke) first.
+    ClientGone,
+}
+
+/// Copies the client's stdin and resize messages to the streams and the
+/// streams' output to the client, until the output ends or the client goes.
+async fn copy_streams(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    streams: Streams,
+    v5: bool,
     want_stdout: bool,
     want_stderr: bool,
-) {
-    let v5 = socket.protocol().and_then(|p| p.to_str().ok()) == Some(PROTOCOLS[0]);
-    let (mut sink, mut stream) = socket.split();
-    let cmd = request.cmd.clone();
-    let session = match runtime.exec(request).await {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = status_message(Err(e.to_string()), &cmd);
-            let _ = sink.send(Message::Binary(msg.into())).await;
-            let _ = sink.send(normal_close()).await;
-            let _ = sink.close().await;
-            return;
-        }
-    };
+) -> StreamEnd {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let out = tokio::spawn(pump(session.stdout, STDOUT, tx.clone(), want_stdout));
-    let err = session
+    let out = tokio::spawn(pump(streams.stdout, STDOUT, tx.clone(), want_stdout));
+    let err = streams
         .stderr
         .map(|e| tokio::spawn(pump(e, STDERR, tx.clone(), want_stderr)));
     drop(tx);
-    let mut stdin = session.stdin;
-    let resize = session.resize;
-    let mut exit = session.exit_code;
-    let input = tokio::spawn(async move {
+    let mut stdin = streams.stdin;
+    let resize = streams.resize;
+    // Ends when the client closes the connection; dropping `stdin` then
+    // closes the command's input.
+    let mut input = tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
             let data = match msg {
                 Message::Binary(d) => d.to_vec(),
@@ -420,27 +508,102 @@ async fn serve_exec(
             }
         }
     });
-    // Output until both streams end, then the exit status.
-    while let Some(msg) = rx.recv().await {
-        if sink.send(Message::Binary(msg.into())).await.is_err() {
-            break;
+    let mut end = StreamEnd::OutputDone;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => {
+                    if sink.send(Message::Binary(msg.into())).await.is_err() {
+                        end = StreamEnd::ClientGone;
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = &mut input => {
+                end = StreamEnd::ClientGone;
+                break;
+            }
         }
     }
-    let _ = out.await;
-    if let Some(e) = err {
-        let _ = e.await;
+    if end == StreamEnd::OutputDone {
+        let _ = out.await;
+        if let Some(e) = err {
+            let _ = e.await;
+        }
+    } else {
+        // Dropping the output ends detaches an attach.
+        out.abort();
+        if let Some(e) = err {
+            e.abort();
+        }
+    }
+    input.abort();
+    end
+}
+
+/// Sends the final status on the error channel and closes the connection.
+async fn finish(mut sink: futures::stream::SplitSink<WebSocket, Message>, status: Vec<u8>) {
+    let _ = sink.send(Message::Binary(status.into())).await;
+    let _ = sink.send(normal_close()).await;
+    let _ = sink.close().await;
+}
+
+async fn serve_exec(
+    socket: WebSocket,
+    runtime: Arc<dyn ContainerRuntime>,
+    request: ExecRequest,
+    want_stdout: bool,
+    want_stderr: bool,
+) {
+    let v5 = socket.protocol().and_then(|p| p.to_str().ok()) == Some(PROTOCOLS[0]);
+    let (mut sink, stream) = socket.split();
+    let cmd = request.cmd.clone();
+    let session = match runtime.exec(request).await {
+        Ok(s) => s,
+        Err(e) => return finish(sink, status_message(Err(e.to_string()), &cmd)).await,
+    };
+    let mut exit = session.exit_code;
+    let streams = Streams {
+        stdin: session.stdin,
+        stdout: session.stdout,
+        stderr: session.stderr,
+        resize: session.resize,
+    };
+    let end = copy_streams(&mut sink, stream, streams, v5, want_stdout, want_stderr).await;
+    if end == StreamEnd::ClientGone {
+        return;
     }
     let code = match tokio::time::timeout(Duration::from_secs(30), &mut exit).await {
         Ok(Ok(code)) => Ok(code),
         Ok(Err(_)) => Err("the runtime did not report the exit code".to_string()),
         Err(_) => Err("timed out waiting for the exit code".to_string()),
     };
-    let _ = sink
-        .send(Message::Binary(status_message(code, &cmd).into()))
-        .await;
-    let _ = sink.send(normal_close()).await;
-    let _ = sink.close().await;
-    input.abort();
+    finish(sink, status_message(code, &cmd)).await;
+}
+
+async fn serve_attach(
+    socket: WebSocket,
+    runtime: Arc<dyn ContainerRuntime>,
+    request: AttachRequest,
+) {
+    let v5 = socket.protocol().and_then(|p| p.to_str().ok()) == Some(PROTOCOLS[0]);
+    let (mut sink, stream) = socket.split();
+    let (want_stdout, want_stderr) = (request.stdout, request.stderr);
+    let session = match runtime.attach(request).await {
+        Ok(s) => s,
+        Err(e) => return finish(sink, status_message(Err(e.to_string()), &[])).await,
+    };
+    let streams = Streams {
+        stdin: session.stdin,
+        stdout: session.stdout,
+        stderr: session.stderr,
+        resize: session.resize,
+    };
+    let end = copy_streams(&mut sink, stream, streams, v5, want_stdout, want_stderr).await;
+    if end == StreamEnd::OutputDone {
+        finish(sink, status_message(Ok(0), &[])).await;
+    }
 }
 
 /// A close frame with status 1000: client-go reads any other closing (a

@@ -704,3 +704,63 @@ async fn exec_speaks_the_v5_channel_protocol() -> Result<()> {
     assert_eq!(stderr, b"bye\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn attach_speaks_the_exec_protocol_and_ends_with_success_when_the_output_ends() -> Result<()>
+{
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let c = Cluster::start().await?;
+    c.create_pod(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "talker", "namespace": "default"},
+        "spec": {"containers": [{"name": "app", "image": "fake/app:1", "stdin": true}]}
+    }))
+    .await?;
+    c.wait_pod("talker", 30, "running", |p| {
+        (container_state(p, "app").as_deref() == Some("running")).then_some(())
+    })
+    .await?;
+    let tcp = tokio::net::TcpStream::connect(c.agent_addr).await?;
+    let config = skiff_node::tls::insecure_client_config()?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned(),
+            tcp,
+        )
+        .await?;
+    let mut req = format!(
+        "wss://127.0.0.1:{}/attach/default/talker/app?stdin=1&stdout=1&stderr=1",
+        c.agent_addr.port()
+    )
+    .into_client_request()?;
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse()?);
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await?;
+    ws.send(Message::Binary([&[0u8][..], b"hi\n"].concat().into()))
+        .await?;
+    ws.send(Message::Binary(vec![255u8, 0].into())).await?;
+    let mut stdout = Vec::new();
+    let mut status = None;
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            Message::Binary(b) if b.first() == Some(&1) => stdout.extend_from_slice(&b[1..]),
+            Message::Binary(b) if b.first() == Some(&3) => {
+                status = Some(serde_json::from_slice::<serde_json::Value>(&b[1..])?)
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&stdout), "attached\nhi\n");
+    assert_eq!(status.context("status")?["status"], "Success");
+
+    // A pod that is not on this node is a 404 before any upgrade.
+    let (code, _) = c
+        .agent_get("/attach/default/nobody/app?stdout=1", Some(TOKEN))
+        .await?;
+    assert_eq!(code, 404);
+    Ok(())
+}

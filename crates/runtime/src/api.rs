@@ -1,8 +1,10 @@
 //! The runtime interface: the CRI's verbs as an async trait.
 //!
 //! Shapes follow `k8s.io/cri-api/pkg/apis/runtime/v1/api.proto`; where the CRI
-//! hands back a streaming URL (`Exec`, `Attach`) the trait returns the streams
-//! themselves, because the node agent serves them to the API server directly.
+//! hands back a streaming URL (`Exec`, `Attach`, `PortForward`) the trait
+//! returns the streams themselves ([`ExecSession`], [`AttachSession`], a
+//! connected socket), because the node agent serves them to the API server
+//! directly.
 //! Container logs are not a verb: as with the CRI, the runtime writes each
 //! container's output to `ContainerConfig.log_path` under the sandbox's
 //! `log_directory` in the CRI log format, and the agent reads the file.
@@ -91,6 +93,25 @@ pub trait RuntimeService: Send + Sync {
     ) -> Result<cri::ExecSyncResponse>;
     /// Starts an interactive command in a running container (`kubectl exec`).
     async fn exec(&self, request: ExecRequest) -> Result<ExecSession>;
+    /// Attaches to the streams of a running container's main process
+    /// (`kubectl attach`): its output from now on, and its stdin when the
+    /// container was created with `stdin`.
+    async fn attach(&self, _request: AttachRequest) -> Result<AttachSession> {
+        Err(Error::Unsupported("attach"))
+    }
+
+    /// Opens a TCP connection to `port` of the sandbox, as `kubectl
+    /// port-forward` reaches it (the CRI's `PortForward`, which answers
+    /// with a streaming URL instead): on the loopback of the sandbox's
+    /// network namespace, so a listener bound to 127.0.0.1 inside the pod
+    /// is reachable too.
+    async fn port_forward(
+        &self,
+        _pod_sandbox_id: &str,
+        _port: u16,
+    ) -> Result<tokio::net::TcpStream> {
+        Err(Error::Unsupported("port_forward"))
+    }
 
     /// The node's pod CIDR is known or changed (CRI `UpdateRuntimeConfig`).
     async fn update_runtime_config(&self, _pod_cidr: &str) -> Result<()> {
@@ -144,6 +165,46 @@ pub struct ExecSession {
 impl std::fmt::Debug for ExecSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("tty", &self.resize.is_some())
+            .finish()
+    }
+}
+
+/// An attach to a running container, as `kubectl attach` asks for it.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub container_id: String,
+    /// Write to the container's stdin (only if it was created with `stdin`).
+    pub stdin: bool,
+    /// Receive its stdout (with a TTY: the terminal's output).
+    pub stdout: bool,
+    /// Receive its stderr (never with a TTY).
+    pub stderr: bool,
+}
+
+/// The live streams of an attach started by [`RuntimeService::attach`].
+///
+/// The output streams end when the container exits (or the runtime drops
+/// the attach); dropping the session detaches. Unlike an exec there is no
+/// exit code: the container's own status reports how it ended.
+pub struct AttachSession {
+    /// Present when the request asked for stdin and the container keeps one
+    /// open; shutting it down ends this attach's input (and closes the
+    /// container's stdin when it was created with `stdin_once`).
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// stdout (with a TTY: the terminal's output); empty unless asked for.
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// stderr; `None` with a TTY, empty unless asked for.
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Terminal size changes (columns, rows); `None` without a TTY.
+    pub resize: Option<mpsc::Sender<(u16, u16)>>,
+}
+
+impl std::fmt::Debug for AttachSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachSession")
             .field("stdin", &self.stdin.is_some())
             .field("stderr", &self.stderr.is_some())
             .field("tty", &self.resize.is_some())

@@ -3,7 +3,10 @@
 //!
 //! Interactive `exec` is not available through this client: the CRI answers
 //! `Exec` with a streaming URL whose protocol (SPDY/WebSocket) is not
-//! implemented here, so it returns [`Error::Unsupported`].
+//! implemented here, so it returns [`Error::Unsupported`]. Port forwarding
+//! does not use the CRI's `PortForward` (a streaming URL too): it connects
+//! to the sandbox's pod IP from the node, so unlike with the built-in
+//! runtime a listener bound only to the pod's loopback is not reachable.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -270,6 +273,41 @@ impl RuntimeService for CriClient {
         Err(Error::Unsupported(
             "interactive exec through a CRI endpoint (streaming server protocol)",
         ))
+    }
+
+    async fn port_forward(&self, pod_sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let status = self.pod_sandbox_status(pod_sandbox_id).await?;
+        if status.state != cri::PodSandboxState::SandboxReady as i32 {
+            return Err(Error::InvalidArgument(format!(
+                "pod sandbox {pod_sandbox_id} is not ready"
+            )));
+        }
+        let ip = status
+            .network
+            .as_ref()
+            .map(|n| n.ip.as_str())
+            .filter(|ip| !ip.is_empty());
+        // A host-network sandbox reports no address: it is the node's.
+        let ip: std::net::IpAddr = match ip {
+            Some(ip) => ip.parse().map_err(|e| {
+                Error::Runtime(format!("pod sandbox {pod_sandbox_id} has IP {ip:?}: {e}"))
+            })?,
+            None => std::net::Ipv4Addr::LOCALHOST.into(),
+        };
+        let addr = std::net::SocketAddr::new(ip, port);
+        let stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| Error::Io {
+                    context: format!("connecting to {addr} of pod sandbox {pod_sandbox_id}"),
+                    source: std::io::ErrorKind::TimedOut.into(),
+                })?
+                .map_err(|source| Error::Io {
+                    context: format!("connecting to {addr} of pod sandbox {pod_sandbox_id}"),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     async fn update_runtime_config(&self, pod_cidr: &str) -> Result<()> {

@@ -23,10 +23,12 @@ pub mod builtin;
 pub mod cri;
 pub mod images;
 pub mod network;
+mod portforward;
 pub mod reference;
 
 pub use api::{
-    ContainerRuntime, Error, ExecRequest, ExecSession, ImageService, Result, RuntimeService,
+    AttachRequest, AttachSession, ContainerRuntime, Error, ExecRequest, ExecSession, ImageService,
+    Result, RuntimeService,
 };
 pub use builtin::{BuiltinConfig, BuiltinRuntime};
 pub use cri::CriClient;

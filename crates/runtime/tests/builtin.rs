@@ -547,3 +547,269 @@ async fn images_import_from_both_archive_formats_and_resolve_by_name_and_id() {
     assert!(f.rt.list_images(None).await.unwrap().is_empty());
     f.cleanup().await;
 }
+
+/// Reads `reader` into `seen` until it contains `needle`; `false` if that
+/// did not happen within `limit`.
+async fn read_within(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    seen: &mut String,
+    needle: &str,
+    limit: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, reader.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("stream ended before {needle:?}; got {seen:?}"),
+            Ok(Ok(n)) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(Err(e)) => panic!("reading before {needle:?}: {e}; got {seen:?}"),
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Reads `reader` into `seen` until it contains `needle` (fails after 20 s).
+async fn read_until(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    seen: &mut String,
+    needle: &str,
+) {
+    if !read_within(reader, seen, needle, Duration::from_secs(20)).await {
+        panic!("no {needle:?} within 20 s; got {seen:?}");
+    }
+}
+
+/// Asks a `tty-info --loop` for its size until it reports `want` (a resize
+/// and the input travel separately).
+async fn wait_for_size(
+    stdin: &mut (impl tokio::io::AsyncWrite + Unpin),
+    stdout: &mut (impl tokio::io::AsyncRead + Unpin),
+    seen: &mut String,
+    want: &str,
+) {
+    use tokio::io::AsyncWriteExt;
+    let needle = format!("size={want}");
+    for _ in 0..40 {
+        stdin.write_all(b"size\n").await.unwrap();
+        if read_within(stdout, seen, &needle, Duration::from_millis(500)).await {
+            return;
+        }
+    }
+    panic!("the terminal never was {want}; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_tty_runs_on_a_controlling_terminal_that_follows_resizes() {
+    use tokio::io::AsyncWriteExt;
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("ttyexec").await;
+    let id = f.container(&sb, "main", &["pause"], |_| {}).await;
+    let mut session =
+        f.rt.exec(skiff_runtime::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["/testbin".into(), "tty-info".into(), "--loop".into()],
+            tty: true,
+            stdin: true,
+        })
+        .await
+        .expect("exec with a tty");
+    assert!(
+        session.stderr.is_none(),
+        "a terminal has no separate stderr"
+    );
+    let resize = session.resize.clone().expect("a terminal resizes");
+    let mut stdin = session.stdin.take().expect("stdin");
+    let mut seen = String::new();
+    read_until(
+        &mut session.stdout,
+        &mut seen,
+        "stdin-tty=true stdout-tty=true ctty=true",
+    )
+    .await;
+    resize.send((123, 45)).await.unwrap();
+    wait_for_size(&mut stdin, &mut session.stdout, &mut seen, "123x45").await;
+    // The terminal echoes input and turns \n into \r\n.
+    stdin.write_all(b"hello\n").await.unwrap();
+    read_until(&mut session.stdout, &mut seen, "got hello\r\n").await;
+    // Without a TTY an exec has neither a terminal nor a controlling one.
+    let out =
+        f.rt.exec_sync(
+            &id,
+            vec!["/testbin".into(), "tty-info".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stdin-tty=false stdout-tty=false ctty=false size=none\n"
+    );
+    stdin.write_all(b"exit\n").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(20), session.exit_code)
+        .await
+        .expect("exit in time")
+        .expect("exit code");
+    assert_eq!(code, 0);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_streams_output_and_feeds_a_stdin_that_stays_open_across_attaches_and_restarts() {
+    use tokio::io::AsyncWriteExt;
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("attached").await;
+    let id = f
+        .container(&sb, "main", &["cat"], |c| {
+            c.stdin = true;
+        })
+        .await;
+    let request = skiff_runtime::AttachRequest {
+        container_id: id.clone(),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    // The second attach goes through a reopened runtime (an agent restart):
+    // the container's monitor still serves it.
+    let reopened = open(f.dir.path(), &f.cgroup_root);
+    for (word, rt) in [("first", &f.rt), ("second", &reopened)] {
+        let mut session = rt.attach(request.clone()).await.expect("attach");
+        assert!(session.resize.is_none() && session.stderr.is_some());
+        let mut stdin = session.stdin.take().expect("the container keeps stdin");
+        stdin
+            .write_all(format!("{word}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        read_until(&mut session.stdout, &mut seen, &format!("{word}\n")).await;
+        // Ending this attach's input does not close the container's stdin.
+        stdin.shutdown().await.unwrap();
+        drop(stdin);
+        drop(session);
+    }
+    let log = sb.1.log_directory.clone() + "/main/0.log";
+    wait_for_log_line(&log, "second").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        f.rt.container_status(&id).await.unwrap().state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // Without stdin in the request the attach only watches.
+    let session =
+        f.rt.attach(skiff_runtime::AttachRequest {
+            stdin: false,
+            ..request
+        })
+        .await
+        .unwrap();
+    assert!(session.stdin.is_none());
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("once").await;
+    let id = f
+        .container(&sb, "main", &["cat"], |c| {
+            c.stdin = true;
+            c.stdin_once = true;
+        })
+        .await;
+    let mut session =
+        f.rt.attach(skiff_runtime::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("attach");
+    let mut stdin = session.stdin.take().expect("stdin");
+    stdin.write_all(b"only once\n").await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut session.stdout, &mut seen, "only once\n").await;
+    stdin.shutdown().await.unwrap();
+    // cat sees end of file and exits; the attach's output ends with it.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        session.stdout.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the attach ends when the container exits")
+    .unwrap();
+    let status = f.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert!(
+        f.rt.attach(skiff_runtime::AttachRequest {
+            container_id: id,
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .is_err()
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tty_container_is_attached_through_its_terminal_and_logs_its_output() {
+    use tokio::io::AsyncWriteExt;
+    if !is_root() {
+        return;
+    }
+    let f = fixture().await;
+    let sb = f.sandbox("ttyc").await;
+    let id = f
+        .container(&sb, "main", &["tty-info", "--loop"], |c| {
+            c.stdin = true;
+            c.tty = true;
+        })
+        .await;
+    let log = sb.1.log_directory.clone() + "/main/0.log";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_lines(&log)
+        .iter()
+        .any(|l| l.contains(" stdout F stdin-tty=true stdout-tty=true ctty=true"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", log_lines(&log));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut session =
+        f.rt.attach(skiff_runtime::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("attach");
+    assert!(
+        session.stderr.is_none(),
+        "a terminal has no separate stderr"
+    );
+    let resize = session.resize.clone().expect("a terminal resizes");
+    let mut stdin = session.stdin.take().expect("stdin");
+    resize.send((90, 20)).await.unwrap();
+    let mut seen = String::new();
+    wait_for_size(&mut stdin, &mut session.stdout, &mut seen, "90x20").await;
+    stdin.write_all(b"exit\n").await.unwrap();
+    let status = f.wait_exited(&id, Duration::from_secs(20)).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    f.cleanup().await;
+}

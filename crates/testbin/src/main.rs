@@ -1,11 +1,16 @@
 //! `skiff-testbin`: the program inside skiff's test image, in the spirit of
 //! Kubernetes' `agnhost`. One binary, one subcommand per behaviour a test
 //! needs from a container (sleep, exit with a code, print, serve HTTP, connect,
-//! allocate memory until the OOM killer comes).
+//! allocate memory until the OOM killer comes, report its terminal, tick).
 //!
-//! It must stay tiny and dependency-free (std and libc only) so the test image
-//! can be built offline from the compiled binary and its shared libraries. It
-//! must never be used by production code.
+//! It is also a multi-call binary: run as `tar` or `test` (the image links
+//! `/bin/tar` and `/bin/test` to it) it is the small subset of those tools
+//! `kubectl cp` runs in a container (`tar cf - PATH`, `tar xmf - -C DIR`,
+//! `test -d PATH`).
+//!
+//! It must stay tiny, with few dependencies (std, libc and the pure-Rust
+//! `tar`) so the test image can be built offline from the compiled binary
+//! and its shared libraries. It must never be used by production code.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -19,7 +24,15 @@ commands:
   exit CODE                      exit with CODE
   print TEXT...                  print TEXT on stdout (one line)
   print-stderr TEXT...           print TEXT on stderr (one line)
-  cat FILE                       copy FILE to stdout
+  cat [FILE]                     copy FILE (or stdin, also for -) to stdout
+  tty-info [--loop]              print whether stdin/stdout are terminals, whether
+                                 /dev/tty opens (a controlling terminal) and the
+                                 terminal size; with --loop, then read lines:
+                                 'size' prints the size again, 'exit' exits,
+                                 anything else is echoed as 'got LINE'
+  ticker MILLIS [TEXT]           print 'TEXT N' (default 'tick N') every MILLIS ms
+  tar c|x|t [f -] [-C DIR] ...   a subset of tar (also run as 'tar')
+  test -d|-f|-e PATH             a subset of test (also run as 'test')
   hostname                       print the hostname
   env NAME                       print the value of environment variable NAME
   connect HOST:PORT              exit 0 when a TCP connection succeeds, 1 otherwise
@@ -45,7 +58,18 @@ fn install_signal_handlers() {
 
 fn main() -> ExitCode {
     install_signal_handlers();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    // Multi-call: `tar …` and `test …` through the image's links.
+    let called_as = args
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+    if matches!(called_as.as_str(), "tar" | "test") {
+        args[0] = called_as;
+    } else {
+        args.remove(0);
+    }
     let Some(command) = args.first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -87,12 +111,47 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
             Ok(0)
         }
         "cat" => {
-            let path = arg(args, 0)?;
-            let mut file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
             let mut out = std::io::stdout().lock();
-            std::io::copy(&mut file, &mut out).map_err(|e| format!("{path}: {e}"))?;
+            match args.first().map(String::as_str) {
+                None | Some("-") => {
+                    // Line by line, so an interactive client sees each echo.
+                    let mut stdin = std::io::stdin().lock();
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        let n = stdin
+                            .read_until(b'\n', &mut line)
+                            .map_err(|e| format!("stdin: {e}"))?;
+                        if n == 0 {
+                            break;
+                        }
+                        out.write_all(&line).map_err(|e| format!("stdout: {e}"))?;
+                        out.flush().map_err(|e| format!("stdout: {e}"))?;
+                    }
+                }
+                Some(path) => {
+                    let mut file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+                    std::io::copy(&mut file, &mut out).map_err(|e| format!("{path}: {e}"))?;
+                }
+            }
             Ok(0)
         }
+        "tty-info" => tty_info(args.first().map(String::as_str) == Some("--loop")),
+        "ticker" => {
+            let millis: u64 = arg(args, 0)?
+                .parse()
+                .map_err(|e| format!("bad MILLIS: {e}"))?;
+            let text = args.get(1).map(String::as_str).unwrap_or("tick");
+            let mut out = std::io::stdout();
+            for n in 0u64.. {
+                let _ = writeln!(out, "{text} {n}");
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(millis));
+            }
+            Ok(0)
+        }
+        "tar" => tar_main(args),
+        "test" => test_main(args),
         "hostname" => {
             println!("{}", hostname());
             Ok(0)
@@ -126,6 +185,240 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
             Ok(0)
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+/// `(columns, rows)` of the terminal on `fd`, if it is one.
+fn terminal_size(fd: libc::c_int) -> Option<(u16, u16)> {
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize.
+    (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0)
+        .then_some((size.ws_col, size.ws_row))
+}
+
+fn describe_terminal() -> String {
+    // SAFETY: isatty only inspects the descriptors.
+    let (stdin_tty, stdout_tty) = unsafe { (libc::isatty(0) == 1, libc::isatty(1) == 1) };
+    // /dev/tty opens only for a process with a controlling terminal.
+    let ctty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_ok();
+    let size = terminal_size(1)
+        .map(|(c, r)| format!("{c}x{r}"))
+        .unwrap_or_else(|| "none".into());
+    format!("stdin-tty={stdin_tty} stdout-tty={stdout_tty} ctty={ctty} size={size}")
+}
+
+fn tty_info(repeat: bool) -> Result<u8, String> {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", describe_terminal());
+    let _ = out.flush();
+    if !repeat {
+        return Ok(0);
+    }
+    let mut line = String::new();
+    let stdin = std::io::stdin();
+    loop {
+        line.clear();
+        if stdin
+            .read_line(&mut line)
+            .map_err(|e| format!("stdin: {e}"))?
+            == 0
+        {
+            return Ok(0);
+        }
+        match line.trim() {
+            "exit" => return Ok(0),
+            "size" => {
+                let _ = writeln!(out, "{}", describe_terminal());
+            }
+            other => {
+                let _ = writeln!(out, "got {other}");
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// `test -d|-f|-e PATH` (what `kubectl cp` asks before copying into a pod).
+fn test_main(args: &[String]) -> Result<u8, String> {
+    let (op, path) = match args {
+        [op, path] => (op.as_str(), std::path::Path::new(path)),
+        _ => return Err("usage: test -d|-f|-e PATH".into()),
+    };
+    let holds = match op {
+        "-d" => path.is_dir(),
+        "-f" => path.is_file(),
+        "-e" => path.exists(),
+        other => return Err(format!("unsupported test {other}")),
+    };
+    Ok(if holds { 0 } else { 1 })
+}
+
+/// What a `tar` command line asks for.
+#[derive(Debug, Default, PartialEq)]
+struct TarArgs {
+    mode: Option<char>,
+    file: Option<String>,
+    directory: Option<String>,
+    keep_mtime: bool,
+    same_permissions: bool,
+    same_owner: bool,
+    dereference: bool,
+    verbose: bool,
+    members: Vec<String>,
+}
+
+/// GNU tar's conventions for the options used here: a first word without a
+/// dash is a bundle of short options (`cf`, `xmf`), a bundle's `f` and `C`
+/// take the following words in order, long options may use `=`. As root,
+/// permissions and owners are restored unless `--no-same-*` says not to.
+fn parse_tar_args(args: &[String]) -> Result<TarArgs, String> {
+    let mut parsed = TarArgs {
+        keep_mtime: true,
+        same_permissions: true,
+        same_owner: true,
+        ..Default::default()
+    };
+    let mut words = args
+        .iter()
+        .cloned()
+        .collect::<std::collections::VecDeque<_>>();
+    if let Some(first) = words.front_mut()
+        && !first.starts_with('-')
+    {
+        first.insert(0, '-');
+    }
+    let mut only_members = false;
+    while let Some(word) = words.pop_front() {
+        if only_members || !word.starts_with('-') || word == "-" {
+            parsed.members.push(word);
+            continue;
+        }
+        if word == "--" {
+            only_members = true;
+            continue;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| words.pop_front())
+                    .ok_or_else(|| format!("--{name} needs a value"))
+            };
+            match name {
+                "create" => parsed.mode = Some('c'),
+                "extract" | "get" => parsed.mode = Some('x'),
+                "list" => parsed.mode = Some('t'),
+                "file" => parsed.file = Some(value()?),
+                "directory" => parsed.directory = Some(value()?),
+                "touch" => parsed.keep_mtime = false,
+                "no-same-permissions" => parsed.same_permissions = false,
+                "same-permissions" | "preserve-permissions" => parsed.same_permissions = true,
+                "no-same-owner" => parsed.same_owner = false,
+                "same-owner" => parsed.same_owner = true,
+                "dereference" => parsed.dereference = true,
+                "verbose" => parsed.verbose = true,
+                other => return Err(format!("unsupported option --{other}")),
+            }
+            continue;
+        }
+        for flag in word[1..].chars() {
+            match flag {
+                'c' | 'x' | 't' => parsed.mode = Some(flag),
+                'f' => parsed.file = Some(words.pop_front().ok_or("-f needs a value")?),
+                'C' => parsed.directory = Some(words.pop_front().ok_or("-C needs a value")?),
+                'm' => parsed.keep_mtime = false,
+                'p' => parsed.same_permissions = true,
+                'o' => parsed.same_owner = false,
+                'h' => parsed.dereference = true,
+                'v' => parsed.verbose = true,
+                other => return Err(format!("unsupported option -{other}")),
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn tar_main(args: &[String]) -> Result<u8, String> {
+    let t = parse_tar_args(args)?;
+    if t.file.as_deref().is_some_and(|f| f != "-") {
+        return Err("only -f - (stdin or stdout) is supported".into());
+    }
+    let base = std::path::PathBuf::from(t.directory.as_deref().unwrap_or("."));
+    match t.mode {
+        Some('c') => {
+            if t.members.is_empty() {
+                return Err("refusing to create an empty archive".into());
+            }
+            let stdout = std::io::stdout().lock();
+            let mut builder = tar::Builder::new(std::io::BufWriter::new(stdout));
+            builder.follow_symlinks(t.dereference);
+            for member in &t.members {
+                // As GNU tar: names are relative, leading slashes dropped.
+                let name = member.trim_start_matches('/');
+                let name = if name.is_empty() { "." } else { name };
+                let source = base.join(member);
+                let meta = if t.dereference {
+                    std::fs::metadata(&source)
+                } else {
+                    std::fs::symlink_metadata(&source)
+                }
+                .map_err(|e| format!("{member}: {e}"))?;
+                let appended = if meta.is_dir() {
+                    builder.append_dir_all(name, &source)
+                } else {
+                    builder.append_path_with_name(&source, name)
+                };
+                appended.map_err(|e| format!("{member}: {e}"))?;
+                if t.verbose {
+                    eprintln!("{name}");
+                }
+            }
+            let mut out = builder.into_inner().map_err(|e| format!("writing: {e}"))?;
+            out.flush().map_err(|e| format!("writing: {e}"))?;
+            Ok(0)
+        }
+        Some('x') => {
+            let stdin = std::io::stdin().lock();
+            let mut archive = tar::Archive::new(stdin);
+            archive.set_preserve_permissions(t.same_permissions);
+            archive.set_preserve_ownerships(t.same_owner);
+            archive.set_preserve_mtime(t.keep_mtime);
+            archive.set_overwrite(true);
+            for entry in archive.entries().map_err(|e| format!("reading: {e}"))? {
+                let mut entry = entry.map_err(|e| format!("reading: {e}"))?;
+                let name = entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                // Refuses names escaping `base` (`..`, absolute links).
+                entry.unpack_in(&base).map_err(|e| format!("{name}: {e}"))?;
+                if t.verbose {
+                    eprintln!("{name}");
+                }
+            }
+            Ok(0)
+        }
+        Some('t') => {
+            let stdin = std::io::stdin().lock();
+            let mut archive = tar::Archive::new(stdin);
+            for entry in archive.entries().map_err(|e| format!("reading: {e}"))? {
+                let entry = entry.map_err(|e| format!("reading: {e}"))?;
+                println!(
+                    "{}",
+                    entry.path().map_err(|e| format!("reading: {e}"))?.display()
+                );
+            }
+            Ok(0)
+        }
+        _ => Err("one of c, x or t is required".into()),
     }
 }
 
@@ -287,7 +580,68 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{TarArgs, parse_tar_args, percent_decode};
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn tar_command_lines_of_kubectl_cp_parse() {
+        let cases = [
+            (
+                "cf - /tmp/x",
+                TarArgs {
+                    mode: Some('c'),
+                    file: Some("-".into()),
+                    keep_mtime: true,
+                    same_permissions: true,
+                    same_owner: true,
+                    members: vec!["/tmp/x".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "-xmf - -C /tmp",
+                TarArgs {
+                    mode: Some('x'),
+                    file: Some("-".into()),
+                    directory: Some("/tmp".into()),
+                    same_permissions: true,
+                    same_owner: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "--no-same-permissions --no-same-owner -xmf - -C /d",
+                TarArgs {
+                    mode: Some('x'),
+                    file: Some("-".into()),
+                    directory: Some("/d".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "hcf - --directory=/srv a b",
+                TarArgs {
+                    mode: Some('c'),
+                    file: Some("-".into()),
+                    directory: Some("/srv".into()),
+                    keep_mtime: true,
+                    same_permissions: true,
+                    same_owner: true,
+                    dereference: true,
+                    members: vec!["a".into(), "b".into()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse_tar_args(&words(line)).unwrap(), want, "{line}");
+        }
+        assert!(parse_tar_args(&words("-xf")).is_err());
+        assert!(parse_tar_args(&words("-xzf -")).is_err());
+    }
 
     #[test]
     fn percent_decode_handles_escapes_plus_and_truncated_escapes() {

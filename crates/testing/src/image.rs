@@ -32,8 +32,10 @@ pub fn test_image_archive() -> PathBuf {
 
 /// Writes (once per process and format) an image archive named
 /// [`TEST_IMAGE`] whose single gzip layer holds `/testbin` (entrypoint),
-/// the shared libraries `ldd` lists for it, `/etc/passwd`, `/etc/group`,
-/// and a world-writable `/tmp`. The default command is `pause`.
+/// `/bin/tar` and `/bin/test` linked to it (it dispatches on its name, for
+/// `kubectl cp`), the shared libraries `ldd` lists for it, `/etc/passwd`,
+/// `/etc/group`, and a world-writable `/tmp`. The default command is
+/// `pause`; `PATH` includes `/bin`.
 ///
 /// The binary is built with `cargo build -p skiff-testbin` first; no network
 /// is needed.
@@ -160,6 +162,7 @@ fn build_layer(binary: &Path) -> anyhow::Result<Layer> {
             Ok(())
         };
     for (d, mode) in [
+        ("bin", 0o755),
         ("etc", 0o755),
         ("tmp", 0o1777),
         ("proc", 0o755),
@@ -170,6 +173,16 @@ fn build_layer(binary: &Path) -> anyhow::Result<Layer> {
     }
     let bin = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     file(&mut builder, "testbin", 0o755, &bin)?;
+    for applet in ["bin/tar", "bin/test"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(0);
+        builder.append_link(&mut h, applet, "/testbin")?;
+    }
     let mut dirs_done = std::collections::BTreeSet::new();
     for lib in shared_libraries(binary)? {
         let data = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;

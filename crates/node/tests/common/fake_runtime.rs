@@ -8,7 +8,9 @@
 //! attempt <n>`) to its log file. Exec probes and `exec_sync` answer with
 //! the exit code set per container name by [`FakeRuntime::set_exec_exit`]
 //! (default 0) and are recorded. Interactive exec supports `echo …`,
-//! `cat` (stdin to stdout) and `sh -c "exit N"`.
+//! `cat` (stdin to stdout) and `sh -c "exit N"`. An attach to a running
+//! container prints `attached` and echoes its input, and ends (as the
+//! container would with `stdinOnce`) when the input ends.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,7 +21,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 use skiff_runtime::cri_types as cri;
-use skiff_runtime::{Error, ExecRequest, ExecSession, ImageService, Result, RuntimeService};
+use skiff_runtime::{
+    AttachRequest, AttachSession, Error, ExecRequest, ExecSession, ImageService, Result,
+    RuntimeService,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -520,6 +525,46 @@ impl RuntimeService for FakeRuntime {
                 .then(|| Box::pin(stderr_r) as std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>),
             resize: request.tty.then_some(resize_tx),
             exit_code: exit_rx,
+        })
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<AttachSession> {
+        let running = self
+            .lock()
+            .containers
+            .get(&request.container_id)
+            .is_some_and(|c| c.state == cri::ContainerState::ContainerRunning);
+        if !running {
+            return Err(Error::InvalidArgument(format!(
+                "container {} is not running",
+                request.container_id
+            )));
+        }
+        let (mut stdout_w, stdout_r) = tokio::io::duplex(64 * 1024);
+        let (stderr_w, stderr_r) = tokio::io::duplex(64 * 1024);
+        let (stdin_w, mut stdin_r) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let _ = stdout_w.write_all(b"attached\n").await;
+            let mut buf = [0u8; 1024];
+            loop {
+                match stdin_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stdout_w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            drop(stderr_w);
+        });
+        Ok(AttachSession {
+            stdin: request
+                .stdin
+                .then(|| Box::pin(stdin_w) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>),
+            stdout: Box::pin(stdout_r),
+            stderr: Some(Box::pin(stderr_r)),
+            resize: None,
         })
     }
 }

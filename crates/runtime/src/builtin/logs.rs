@@ -152,8 +152,9 @@ impl LogSink {
         }
     }
 
-    /// Copies `reader` into the log until EOF.
-    pub fn copy(&self, stream: Stream, mut reader: impl Read) {
+    /// Copies `reader` into the log until EOF (or a read error: a terminal's
+    /// master ends with EIO), handing every chunk to `tee` as well.
+    pub fn copy(&self, stream: Stream, mut reader: impl Read, tee: impl Fn(Stream, &[u8])) {
         let mut splitter = LineSplitter::new(MAX_LINE);
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -163,6 +164,7 @@ impl LogSink {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
+            tee(stream, &buf[..n]);
             let now = SystemTime::now();
             for (partial, content) in splitter.push(&buf[..n]) {
                 self.write(&format_record(now, stream, partial, &content));

@@ -7,13 +7,23 @@
 //! - `sandboxes/<id>/`: `sandbox.json`, `ns/{net,ipc,uts}`, `shm/`,
 //!   `hostname`, `hosts`, `resolv.conf`;
 //! - `containers/<id>/`: `container.json`, `exit.json`, `monitor.log`,
-//!   `bundle/{config.json,rootfs}`, `upper/`, `work/`;
+//!   `attach.sock` (the monitor's, see `attach.rs`),
+//!   `bundle/{config.json,rootfs}`, `upper/`, `work/`, and while a
+//!   terminal is handed over `console.sock` (a TTY container's) or
+//!   `exec-<token>.{sock,json}` (a TTY exec's console socket and process);
 //! - `youki/<id>/`: `libcontainer`'s own state.
+//!
+//! Interactive streams: an exec runs on pipes, or with a TTY on a terminal
+//! allocated inside the container whose master comes back to the agent
+//! (`console.rs`); an attach talks to the container's monitor, which owns
+//! the container's stdio (`attach.rs`).
 //!
 //! Invariant: `libcontainer` is only ever called in a forked
 //! single-threaded process (see `monitor.rs`), except for `delete`, which
 //! forks nothing.
 
+mod attach;
+mod console;
 mod logs;
 mod monitor;
 mod namespaces;
@@ -32,7 +42,10 @@ use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::api::{Error, ExecRequest, ExecSession, ImageService, Result, RuntimeService};
+use crate::api::{
+    AttachRequest, AttachSession, Error, ExecRequest, ExecSession, ImageService, Result,
+    RuntimeService,
+};
 use crate::cri_types as cri;
 use crate::images::pull::PullConfig;
 use crate::images::{ImageRecord, ImageStore};
@@ -538,6 +551,8 @@ impl BuiltinRuntime {
             gid: c.gid,
             additional_gids: c.additional_gids.clone(),
             cwd: Some(PathBuf::from(&c.cwd)),
+            bundle: self.container_dir(&c.id).join("bundle"),
+            state_dir: self.container_dir(&c.id),
         })
     }
 
@@ -776,6 +791,56 @@ fn write_sandbox_files(
     write("resolv.conf", &resolv)
 }
 
+type Reader = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+type Writer = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+type ExecStreams = (
+    Option<Writer>,
+    Reader,
+    Option<Reader>,
+    Option<tokio::sync::mpsc::Sender<(u16, u16)>>,
+);
+
+/// The async ends of a started exec's stdio: its pipes, or its terminal's
+/// master (output, input if asked for, and window sizes).
+fn exec_streams(child: &mut monitor::ExecChild, with_stdin: bool) -> Result<ExecStreams> {
+    if let Some(master) = child.console.take() {
+        let control = master
+            .try_clone()
+            .map_err(io_err("duplicating the exec's terminal"))?;
+        let pty = console::AsyncPty::new(master).map_err(io_err("wrapping the exec's terminal"))?;
+        let (output, input) = tokio::io::split(pty);
+        let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<(u16, u16)>(4);
+        tokio::spawn(async move {
+            while let Some((cols, rows)) = resize_rx.recv().await {
+                if let Err(e) =
+                    console::set_window_size(std::os::fd::AsRawFd::as_raw_fd(&control), cols, rows)
+                {
+                    tracing::debug!(error = %e, "resizing an exec's terminal");
+                }
+            }
+        });
+        let stdin = with_stdin.then(|| Box::pin(input) as Writer);
+        return Ok((stdin, Box::pin(output), None, Some(resize_tx)));
+    }
+    let receiver = |fd: std::os::fd::OwnedFd| {
+        tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd))
+            .map_err(io_err("wrapping an exec pipe"))
+    };
+    let stdin = match child.stdin.take() {
+        Some(fd) => Some(Box::pin(
+            tokio::net::unix::pipe::Sender::from_file(std::fs::File::from(fd))
+                .map_err(io_err("wrapping exec stdin"))?,
+        ) as Writer),
+        None => None,
+    };
+    let pipes = child.stdout.take().zip(child.stderr.take());
+    let (stdout, stderr) =
+        pipes.ok_or_else(|| Error::Runtime("exec: output pipes missing".into()))?;
+    let stdout = receiver(stdout)?;
+    let stderr = receiver(stderr)?;
+    Ok((stdin, Box::pin(stdout), Some(Box::pin(stderr)), None))
+}
+
 #[async_trait]
 impl RuntimeService for BuiltinRuntime {
     async fn version(&self) -> Result<cri::VersionResponse> {
@@ -956,6 +1021,9 @@ impl RuntimeService for BuiltinRuntime {
             log_path: rec.log_path.clone(),
             state_dir: self.container_dir(&rec.id),
             cgroups_path: rec.cgroups_path.clone(),
+            stdin: rec.config.stdin,
+            stdin_once: rec.config.stdin_once,
+            tty: rec.config.tty,
         };
         match blocking(move || monitor::start_container(&req)).await {
             Ok(pid) => {
@@ -1131,7 +1199,7 @@ impl RuntimeService for BuiltinRuntime {
         let c = self.container(container_id)?;
         let spec = self.exec_spec(&c, cmd)?;
         blocking(move || {
-            let mut child = monitor::spawn_exec(&spec, false)?;
+            let mut child = monitor::spawn_exec(&spec, monitor::ExecIo::Pipes { stdin: false })?;
             let pipes = child.stdout.take().zip(child.stderr.take());
             let (out, err) =
                 pipes.ok_or_else(|| Error::Runtime("exec: output pipes missing".into()))?;
@@ -1168,33 +1236,18 @@ impl RuntimeService for BuiltinRuntime {
     }
 
     async fn exec(&self, request: ExecRequest) -> Result<ExecSession> {
-        if request.tty {
-            return Err(Error::Unsupported(
-                "exec with a TTY in the built-in runtime",
-            ));
-        }
         let c = self.container(&request.container_id)?;
         let spec = self.exec_spec(&c, request.cmd.clone())?;
-        let with_stdin = request.stdin;
-        let mut child = blocking(move || monitor::spawn_exec(&spec, with_stdin)).await?;
-        let receiver = |fd: std::os::fd::OwnedFd| {
-            tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd))
-                .map_err(io_err("wrapping an exec pipe"))
+        let io = if request.tty {
+            monitor::ExecIo::Tty
+        } else {
+            monitor::ExecIo::Pipes {
+                stdin: request.stdin,
+            }
         };
-        let stdin = match child.stdin.take() {
-            Some(fd) => Some(Box::pin(
-                tokio::net::unix::pipe::Sender::from_file(std::fs::File::from(fd))
-                    .map_err(io_err("wrapping exec stdin"))?,
-            )
-                as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>),
-            None => None,
-        };
-        let pipes = child.stdout.take().zip(child.stderr.take());
-        let (stdout, stderr) =
-            pipes.ok_or_else(|| Error::Runtime("exec: output pipes missing".into()))?;
-        let stdout = receiver(stdout)?;
-        let stderr = receiver(stderr)?;
+        let mut child = blocking(move || monitor::spawn_exec(&spec, io)).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let session = exec_streams(&mut child, request.stdin);
         tokio::task::spawn_blocking(move || {
             let code = child.wait().unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "exec ended without an exit code");
@@ -1202,13 +1255,37 @@ impl RuntimeService for BuiltinRuntime {
             });
             let _ = tx.send(code);
         });
+        let (stdin, stdout, stderr, resize) = session?;
         Ok(ExecSession {
             stdin,
-            stdout: Box::pin(stdout),
-            stderr: Some(Box::pin(stderr)),
-            resize: None,
+            stdout,
+            stderr,
+            resize,
             exit_code: rx,
         })
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<AttachSession> {
+        let c = self.container(&request.container_id)?;
+        if c.phase != ContainerPhase::Running {
+            return Err(Error::InvalidArgument(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        attach::attach(&self.container_dir(&c.id), &request).await
+    }
+
+    async fn port_forward(&self, pod_sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let sandbox = self.sandbox(pod_sandbox_id)?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(Error::InvalidArgument(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        // A host-network sandbox has no namespace of its own: the node's.
+        crate::portforward::connect(sandbox.netns.as_deref(), port).await
     }
 
     async fn update_runtime_config(&self, pod_cidr: &str) -> Result<()> {

@@ -8,11 +8,15 @@
 //!
 //! - a container's **monitor** (forked twice and `setsid`, so it outlives an
 //!   agent restart) creates and starts the container with its stdout and
-//!   stderr on pipes, copies them into the CRI log file, waits for the
+//!   stderr on pipes (or, with a TTY, on a terminal whose master it
+//!   receives over a console socket), copies them into the CRI log file and
+//!   to attached clients, holds the container's stdin open when it has one,
+//!   serves attaches on `attach.sock` (see `attach.rs`), waits for the
 //!   container's init process (its child) and writes `exit.json`;
 //! - an **exec helper** (forked once) runs one command in a running
-//!   container as a tenant process with the caller's pipes as stdio, waits
-//!   for it and reports its exit code.
+//!   container as a tenant process with the caller's pipes as stdio (or a
+//!   terminal of its own, whose master goes to the caller through a console
+//!   socket), waits for it and reports its exit code.
 //!
 //! Both report back on a pipe, one line at a time: `ok <pid>`, `exit <code>`,
 //! or `err <message>`.
@@ -22,6 +26,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::OFlag;
@@ -29,8 +34,13 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 use serde::{Deserialize, Serialize};
 
+use super::attach::{self, Hub};
+use super::console::{self, ConsoleSocket};
 use super::logs::{LogSink, Stream};
 use crate::api::{Error, Result};
+
+/// How long a container's or exec's terminal may take to be handed over.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a container ended, written by its monitor to `exit.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +71,13 @@ pub struct StartRequest {
     pub state_dir: PathBuf,
     /// The container's cgroup path (to read OOM kills from).
     pub cgroups_path: String,
+    /// Keep the container's stdin open for attaches (CRI `stdin`).
+    pub stdin: bool,
+    /// Close it when the first attach that used it ends (CRI `stdin_once`).
+    pub stdin_once: bool,
+    /// Run the container on a terminal (CRI `tty`; the spec's
+    /// `process.terminal` must agree).
+    pub tty: bool,
 }
 
 pub fn now_nanos() -> i64 {
@@ -211,11 +228,21 @@ fn first_child(req: &StartRequest, report_fd: OwnedFd) -> i32 {
     }
 }
 
+/// What a started container's stdio turned out to be.
+struct Started {
+    pid: i32,
+    /// stdout and stderr pipes, or the terminal's master alone.
+    outputs: Vec<(OwnedFd, Stream)>,
+    hub: Arc<Hub>,
+}
+
 fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
     detach_child_io(
         &[report_fd.as_raw_fd()],
         Some(&req.state_dir.join("monitor.log")),
     );
+    // Writes to a detached attach client must fail, not kill the monitor.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let mut report_file = File::from(report_fd);
     let sink = match LogSink::open(&req.log_path) {
         Ok(s) => s,
@@ -227,48 +254,39 @@ fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
             return 1;
         }
     };
-    let started = (|| -> std::result::Result<(i32, OwnedFd, OwnedFd), String> {
-        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stdout pipe: {e}"))?;
-        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stderr pipe: {e}"))?;
-        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-        use libcontainer::container::builder::ContainerBuilder;
-        use libcontainer::syscall::syscall::SyscallType;
-        let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
-            .with_root_path(&req.youki_root)
-            .map_err(|e| format!("{e}"))?
-            .with_stdin(OwnedFd::from(devnull))
-            .with_stdout(out_w)
-            .with_stderr(err_w)
-            .as_init(&req.bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| format!("creating the container: {e}"))?;
-        container
-            .start()
-            .map_err(|e| format!("starting the container: {e}"))?;
-        let pid = container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or("no pid after start")?;
-        Ok((pid, out_r, err_r))
-    })();
-    let (pid, out_r, err_r) = match started {
+    // Bound before the container starts, so an attach right after the start
+    // waits in the backlog; served once the container runs (no threads
+    // while libcontainer clones).
+    let listener = match console::bind_unix(&req.state_dir, attach::SOCKET) {
+        Ok(l) => l,
+        Err(e) => {
+            report(
+                &mut report_file,
+                &format!("err binding the attach socket: {e}"),
+            );
+            return 1;
+        }
+    };
+    let started = create_and_start(req);
+    let Started { pid, outputs, hub } = match started {
         Ok(v) => v,
         Err(e) => {
             report(&mut report_file, &format!("err {e}"));
             return 1;
         }
     };
+    hub.serve(listener);
     report(&mut report_file, &format!("ok {pid}"));
     drop(report_file);
 
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+    let streams = outputs.len();
+    for (fd, stream) in outputs {
         let sink = sink.clone();
         let done = done_tx.clone();
+        let hub = hub.clone();
         std::thread::spawn(move || {
-            sink.copy(stream, File::from(fd));
+            sink.copy(stream, File::from(fd), |s, data| hub.publish(s, data));
             let _ = done.send(());
         });
     }
@@ -277,12 +295,13 @@ fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
     // Processes left in the host PID namespace may hold the pipes open: do
     // not wait for them forever.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    for _ in 0..2 {
+    for _ in 0..streams {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if done_rx.recv_timeout(left).is_err() {
             break;
         }
     }
+    hub.close(Duration::from_secs(2));
     let (exit_code, signal) = exit_code_of(status);
     let info = ExitInfo {
         exit_code,
@@ -293,6 +312,86 @@ fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
     };
     let _ = write_exit_info(&req.state_dir, &info);
     0
+}
+
+/// Creates and starts the container with its stdio set up for logs and
+/// attaches.
+fn create_and_start(req: &StartRequest) -> std::result::Result<Started, String> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+    let builder = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
+        .with_root_path(&req.youki_root)
+        .map_err(|e| format!("{e}"))?;
+    if req.tty {
+        let socket = ConsoleSocket::bind(&req.state_dir, "console.sock")
+            .map_err(|e| format!("console socket: {e}"))?;
+        let mut container = builder
+            .with_console_socket(Some(socket.path()))
+            .as_init(&req.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| format!("creating the container: {e}"))?;
+        let master = socket
+            .receive_master(CONSOLE_TIMEOUT)
+            .map_err(|e| format!("receiving the container's terminal: {e}"))?;
+        drop(socket);
+        let dup = |what: &str| {
+            master
+                .try_clone()
+                .map_err(|e| format!("duplicating the terminal's {what}: {e}"))
+        };
+        let input = if req.stdin {
+            Some(File::from(dup("input")?))
+        } else {
+            None
+        };
+        let hub = Hub::new(input, Some(dup("control")?), req.stdin_once);
+        container
+            .start()
+            .map_err(|e| format!("starting the container: {e}"))?;
+        let pid = container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or("no pid after start")?;
+        return Ok(Started {
+            pid,
+            outputs: vec![(master, Stream::Stdout)],
+            hub,
+        });
+    }
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stdout pipe: {e}"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stderr pipe: {e}"))?;
+    // With `stdin`, the container reads a pipe whose write end only this
+    // monitor holds: it stays open (no EOF) between attaches.
+    let (stdin, input) = if req.stdin {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("stdin pipe: {e}"))?;
+        (r, Some(File::from(w)))
+    } else {
+        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        (OwnedFd::from(devnull), None)
+    };
+    let mut container = builder
+        .with_stdin(stdin)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .as_init(&req.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating the container: {e}"))?;
+    container
+        .start()
+        .map_err(|e| format!("starting the container: {e}"))?;
+    let pid = container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or("no pid after start")?;
+    Ok(Started {
+        pid,
+        outputs: vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        hub: Hub::new(input, None, req.stdin_once),
+    })
 }
 
 pub fn write_exit_info(state_dir: &Path, info: &ExitInfo) -> Result<()> {
@@ -351,6 +450,23 @@ pub struct ExecSpec {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub cwd: Option<PathBuf>,
+    /// The container's OCI bundle: with a TTY its `config.json`'s process
+    /// is the template of the exec'd one (environment, capabilities).
+    pub bundle: PathBuf,
+    /// The container's state directory, where a TTY exec's console socket
+    /// and process file live while it starts.
+    pub state_dir: PathBuf,
+}
+
+/// How an exec's stdio is wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecIo {
+    /// stdout and stderr on pipes; stdin on a pipe if `stdin`, else
+    /// `/dev/null`.
+    Pipes { stdin: bool },
+    /// A terminal allocated in the container: the command's controlling
+    /// terminal and stdio; the caller gets its master.
+    Tty,
 }
 
 /// A running exec helper: the pipes of the command and the report channel.
@@ -362,6 +478,9 @@ pub struct ExecChild {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// With [`ExecIo::Tty`]: the terminal's master (output, input and
+    /// window size).
+    pub console: Option<OwnedFd>,
     reports: BufReader<File>,
 }
 
@@ -388,89 +507,219 @@ impl ExecChild {
     }
 }
 
+/// The helper's end of an exec's stdio.
+enum HelperIo {
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Console {
+        socket: PathBuf,
+        process: PathBuf,
+    },
+}
+
+/// A TTY exec's console socket and process file, removed once it started.
+struct TtySetup {
+    socket: ConsoleSocket,
+    process: PathBuf,
+}
+
+impl Drop for TtySetup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.process);
+    }
+}
+
+/// Writes the process of a TTY exec: the container's own process (its
+/// environment, capabilities, user) with the command's arguments, working
+/// directory and `terminal` set. The file is `exec-<token>.json` in the
+/// container's state directory.
+fn tty_process_file(spec: &ExecSpec, token: &str) -> Result<PathBuf> {
+    let config = spec.bundle.join("config.json");
+    let oci = oci_spec::runtime::Spec::load(&config)
+        .map_err(|e| Error::Runtime(format!("reading {}: {e}", config.display())))?;
+    let mut process = oci
+        .process()
+        .clone()
+        .ok_or_else(|| Error::Runtime(format!("{} has no process", config.display())))?;
+    process.set_args(Some(spec.args.clone()));
+    process.set_terminal(Some(true));
+    process.set_console_size(None);
+    if let Some(cwd) = &spec.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    let mut user = process.user().clone();
+    user.set_uid(spec.uid);
+    user.set_gid(spec.gid);
+    user.set_additional_gids(Some(spec.additional_gids.clone()));
+    process.set_user(user);
+    let bytes = serde_json::to_vec(&process)
+        .map_err(|e| Error::Runtime(format!("encoding the exec's process: {e}")))?;
+    let path = spec.state_dir.join(format!("exec-{token}.json"));
+    crate::images::write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
 /// Starts a command in a running container (blocking until it runs).
-pub fn spawn_exec(spec: &ExecSpec, with_stdin: bool) -> Result<ExecChild> {
+pub fn spawn_exec(spec: &ExecSpec, io: ExecIo) -> Result<ExecChild> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the report pipe"))?;
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdout pipe"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stderr pipe"))?;
-    let (in_r, in_w) = if with_stdin {
-        let (a, b) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdin pipe"))?;
-        (Some(a), Some(b))
-    } else {
-        (None, None)
+    // The caller's ends (first) and the helper's (second).
+    let mut tty = None;
+    let (mine, theirs) = match io {
+        ExecIo::Pipes { stdin } => {
+            let (out_r, out_w) =
+                pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdout pipe"))?;
+            let (err_r, err_w) =
+                pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stderr pipe"))?;
+            let (in_r, in_w) = if stdin {
+                let (a, b) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the stdin pipe"))?;
+                (Some(a), Some(b))
+            } else {
+                (None, None)
+            };
+            (
+                (in_w, Some(out_r), Some(err_r)),
+                HelperIo::Pipes {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                },
+            )
+        }
+        ExecIo::Tty => {
+            let token = format!("{:016x}", rand_token());
+            let process = tty_process_file(spec, &token)?;
+            let socket = ConsoleSocket::bind(&spec.state_dir, &format!("exec-{token}.sock"))
+                .map_err(|e| Error::Io {
+                    context: format!("binding a console socket in {}", spec.state_dir.display()),
+                    source: e,
+                });
+            let setup = match socket {
+                Ok(socket) => TtySetup { socket, process },
+                Err(e) => {
+                    let _ = std::fs::remove_file(&process);
+                    return Err(e);
+                }
+            };
+            let helper = HelperIo::Console {
+                socket: setup.socket.path().to_path_buf(),
+                process: setup.process.clone(),
+            };
+            tty = Some(setup);
+            ((None, None, None), helper)
+        }
     };
     // SAFETY: the child only runs `exec_helper_main`, which never returns.
     match unsafe { fork() }.map_err(nix_io("forking the exec helper"))? {
         ForkResult::Child => {
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                drop((r, out_r, err_r, in_w));
-                exec_helper_main(spec, w, out_w, err_w, in_r)
+                drop(r);
+                drop(mine);
+                // The listening socket stays with the caller.
+                if let Some(setup) = tty.take() {
+                    std::mem::forget(setup);
+                }
+                exec_helper_main(spec, w, theirs)
             }))
             .unwrap_or(1);
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
-            drop((w, out_w, err_w, in_r));
+            drop((w, theirs));
             let mut reports = BufReader::new(File::from(r));
-            let pid = match parse_pid(
-                read_report(&mut reports),
-                &format!("exec in {}", spec.container_id),
-            ) {
+            let what = format!("exec in {}", spec.container_id);
+            let pid = match parse_pid(read_report(&mut reports), &what) {
                 Ok(pid) => pid,
                 Err(e) => {
                     reap(child);
                     return Err(e);
                 }
             };
+            let console = match &tty {
+                Some(setup) => match setup.socket.receive_master(CONSOLE_TIMEOUT) {
+                    Ok(master) => Some(master),
+                    Err(e) => {
+                        let _ = nix::sys::signal::kill(
+                            Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        reap(child);
+                        return Err(Error::Io {
+                            context: format!("{what}: receiving its terminal"),
+                            source: e,
+                        });
+                    }
+                },
+                None => None,
+            };
+            drop(tty);
+            let (stdin, stdout, stderr) = mine;
             Ok(ExecChild {
                 helper: child,
                 pid,
-                stdin: in_w,
-                stdout: Some(out_r),
-                stderr: Some(err_r),
+                stdin,
+                stdout,
+                stderr,
+                console,
                 reports,
             })
         }
     }
 }
 
-fn exec_helper_main(
-    spec: &ExecSpec,
-    report_fd: OwnedFd,
-    out_w: OwnedFd,
-    err_w: OwnedFd,
-    in_r: Option<OwnedFd>,
-) -> i32 {
+/// A random number for file names (no need for a crypto source).
+fn rand_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+    u64::from_ne_bytes(bytes)
+}
+
+fn exec_helper_main(spec: &ExecSpec, report_fd: OwnedFd, io: HelperIo) -> i32 {
     let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-    let keep: Vec<RawFd> = [
-        Some(report_fd.as_raw_fd()),
-        Some(out_w.as_raw_fd()),
-        Some(err_w.as_raw_fd()),
-        in_r.as_ref().map(|f| f.as_raw_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut keep: Vec<RawFd> = vec![report_fd.as_raw_fd()];
+    if let HelperIo::Pipes {
+        stdin,
+        stdout,
+        stderr,
+    } = &io
+    {
+        keep.extend([stdout.as_raw_fd(), stderr.as_raw_fd()]);
+        keep.extend(stdin.as_ref().map(|f| f.as_raw_fd()));
+    }
     detach_child_io(&keep, None);
     let mut report_file = File::from(report_fd);
-    let stdin = match in_r {
-        Some(fd) => fd,
-        None => match File::open("/dev/null") {
-            Ok(f) => OwnedFd::from(f),
-            Err(e) => {
-                report(&mut report_file, &format!("err /dev/null: {e}"));
-                return 1;
-            }
-        },
-    };
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
-    let built = ContainerBuilder::new(spec.container_id.clone(), SyscallType::Linux)
+    let base = match ContainerBuilder::new(spec.container_id.clone(), SyscallType::Linux)
         .with_root_path(&spec.youki_root)
-        .map(|b| {
-            b.with_stdin(stdin)
-                .with_stdout(out_w)
-                .with_stderr(err_w)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            report(&mut report_file, &format!("err {e}"));
+            return 1;
+        }
+    };
+    let built = match io {
+        HelperIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let stdin = match stdin {
+                Some(fd) => fd,
+                None => match File::open("/dev/null") {
+                    Ok(f) => OwnedFd::from(f),
+                    Err(e) => {
+                        report(&mut report_file, &format!("err /dev/null: {e}"));
+                        return 1;
+                    }
+                },
+            };
+            base.with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
                 .as_tenant()
                 .with_container_args(spec.args.clone())
                 .with_detach(true)
@@ -479,10 +728,18 @@ fn exec_helper_main(
                 .with_additional_gids(spec.additional_gids.clone())
                 .with_cwd(spec.cwd.clone())
                 .build()
-        });
+        }
+        // The process file carries arguments, user and working directory.
+        HelperIo::Console { socket, process } => base
+            .with_console_socket(Some(socket))
+            .as_tenant()
+            .with_process(Some(process))
+            .with_detach(true)
+            .build(),
+    };
     let pid = match built {
-        Ok(Ok(pid)) => pid.as_raw(),
-        Ok(Err(e)) | Err(e) => {
+        Ok(pid) => pid.as_raw(),
+        Err(e) => {
             report(&mut report_file, &format!("err {e}"));
             return 1;
         }
