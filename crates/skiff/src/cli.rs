@@ -145,6 +145,21 @@ pub struct NodeArgs {
     /// Do not run the service proxy on this node.
     #[arg(long)]
     pub disable_kube_proxy: bool,
+    /// A container's log file is rotated when it reaches this size (a
+    /// quantity, e.g. 10Mi), as the kubelet's containerLogMaxSize.
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the live one included (at least 2);
+    /// older rotated files are gzipped.
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: usize,
+    /// Percent of the image filesystem in use at which unused images are
+    /// garbage-collected (100 turns image GC off).
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// Percent of the image filesystem in use that image GC frees down to.
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
 }
 
 #[derive(Debug, Args)]
@@ -189,14 +204,51 @@ pub struct AgentArgs {
 }
 
 impl NodeArgs {
+    /// Log rotation and image GC policies from the flags, validated as the
+    /// kubelet validates its configuration.
+    fn housekeeping(&self) -> Result<(skiff_node::LogRotationPolicy, skiff_node::ImageGcPolicy)> {
+        let size = skiff_client::quantity::Quantity::parse(&self.container_log_max_size)
+            .with_context(|| {
+                format!(
+                    "--container-log-max-size {:?} is not a quantity",
+                    self.container_log_max_size
+                )
+            })?
+            .value();
+        anyhow::ensure!(
+            size > 0,
+            "--container-log-max-size {:?} must be positive",
+            self.container_log_max_size
+        );
+        let logs = skiff_node::LogRotationPolicy {
+            max_size: size as u64,
+            max_files: self.container_log_max_files,
+            ..Default::default()
+        };
+        logs.validate()
+            .map_err(|e| anyhow::anyhow!("--container-log-max-files: {e}"))?;
+        let gc = skiff_node::ImageGcPolicy {
+            high_threshold_percent: self.image_gc_high_threshold,
+            low_threshold_percent: self.image_gc_low_threshold,
+            ..Default::default()
+        };
+        gc.validate().map_err(|e| {
+            anyhow::anyhow!("--image-gc-high-threshold/--image-gc-low-threshold: {e}")
+        })?;
+        Ok((logs, gc))
+    }
+
     fn options(
         &self,
         data_dir: &std::path::Path,
         cluster_cidr: &str,
         service_cidr: &str,
         token: Option<String>,
-    ) -> crate::agent::AgentOptions {
-        crate::agent::AgentOptions {
+    ) -> Result<crate::agent::AgentOptions> {
+        let (container_logs, image_gc) = self.housekeeping()?;
+        Ok(crate::agent::AgentOptions {
+            container_logs,
+            image_gc,
             data_dir: data_dir.to_path_buf(),
             node_name: self.node_name.clone(),
             node_ip: self.node_ip,
@@ -209,7 +261,7 @@ impl NodeArgs {
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             overlay: self.flannel_backend,
             service_cidr: (!self.disable_kube_proxy).then(|| service_cidr.to_string()),
-        }
+        })
     }
 }
 
@@ -409,8 +461,16 @@ impl DatastoreArgs {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Server(args) => server(args).await,
-        Command::Agent(args) => agent(args).await,
+        Command::Server(args) => {
+            if !args.disable_agent {
+                no_transparent_huge_pages();
+            }
+            server(args).await
+        }
+        Command::Agent(args) => {
+            no_transparent_huge_pages();
+            agent(args).await
+        }
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
         Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
         Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,
@@ -442,6 +502,10 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
+    if !args.disable_agent {
+        // Bad agent flags fail the start, not the agent later on.
+        args.node.housekeeping()?;
+    }
     let config = args.datastore.store_config(&args.data_dir);
     let store = skiff_store::open(&config)
         .await
@@ -553,7 +617,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             &args.cluster_cidr,
             &args.service_cidr,
             Some(token.clone()),
-        );
+        )?;
         components.push(tokio::spawn(async move {
             if let Err(e) = crate::agent::run(client, opts).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");
@@ -647,7 +711,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         &args.cluster_cidr,
         &args.service_cidr,
         args.token.clone(),
-    );
+    )?;
     tokio::select! {
         r = crate::agent::run(client, opts) => r,
         _ = shutdown_signal() => {
@@ -762,6 +826,19 @@ async fn bench_api(args: BenchApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// Turns transparent huge pages off for this process and its forks, in
+/// processes that run a node agent: mimalloc madvises its arenas for them,
+/// and every container monitor is a fork of the agent that then faulted in
+/// (and had the kernel zero) whole 2 MiB pages for a few KiB — an agent
+/// with 100 pods held 585 MiB and each monitor 13.7 MiB PSS (see
+/// docs/benchmarks.md, pod startup). A control plane without an agent
+/// keeps them.
+fn no_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "could not turn off transparent huge pages");
+    }
+}
+
 async fn bench_startup(args: BenchStartupArgs) -> Result<()> {
     use skiff_bench::startup::{NETNS_ENV, StartupBenchConfig, print_table, run, run_isolated};
     let binary = std::env::current_exe().context("finding the skiff binary")?;
@@ -812,4 +889,54 @@ async fn bench_scale(args: BenchScaleArgs) -> Result<()> {
         anyhow::bail!("the scale benchmark failed: {e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent_flags(extra: &[&str]) -> NodeArgs {
+        let mut argv = vec!["skiff", "agent", "--server", "https://127.0.0.1:6443"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Agent(a)) => a.node,
+            other => panic!("not parsed as an agent command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn housekeeping_flags_become_the_agents_policies_with_the_kubelets_defaults() {
+        let (logs, gc) = agent_flags(&[]).housekeeping().expect("defaults are valid");
+        assert_eq!((logs.max_size, logs.max_files), (10 << 20, 5));
+        assert_eq!(
+            (gc.high_threshold_percent, gc.low_threshold_percent),
+            (85, 80)
+        );
+        let (logs, gc) = agent_flags(&[
+            "--container-log-max-size",
+            "1M",
+            "--container-log-max-files",
+            "3",
+            "--image-gc-high-threshold",
+            "90",
+            "--image-gc-low-threshold",
+            "70",
+        ])
+        .housekeeping()
+        .expect("valid flags");
+        assert_eq!((logs.max_size, logs.max_files), (1_000_000, 3));
+        assert_eq!(
+            (gc.high_threshold_percent, gc.low_threshold_percent),
+            (90, 70)
+        );
+        for bad in [
+            &["--container-log-max-size", "ten"][..],
+            &["--container-log-max-size", "0"],
+            &["--container-log-max-files", "1"],
+            &["--image-gc-low-threshold", "85"],
+            &["--image-gc-high-threshold", "101"],
+        ] {
+            assert!(agent_flags(bad).housekeeping().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -16,14 +16,6 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
-    // No transparent huge pages: mimalloc asks for them on its arenas, and
-    // each thread's heap and each forked container monitor then touches
-    // (and the kernel zeroes) whole 2 MiB pages for a few KiB of data —
-    // an agent with 100 pods held ~600 MiB and every monitor ~13 MiB
-    // (docs/benchmarks.md). Inherited by forks, so monitors stay small.
-    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
-        eprintln!("skiff: could not turn off transparent huge pages: {e}");
-    }
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -125,6 +125,23 @@ pub struct Cluster {
     extra: Vec<String>,
 }
 
+impl Drop for Cluster {
+    /// Containers outlive their server by design (as under a kubelet
+    /// restart), so a test's workloads are deleted, pass or fail, before
+    /// the server stops; otherwise their processes and mounts would stay
+    /// behind in a namespace nobody can reach.
+    fn drop(&mut self) {
+        let _ = self.kubectl(&[
+            "delete",
+            "deployments,replicasets,daemonsets,statefulsets,jobs,pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=1",
+            "--timeout=60s",
+        ]);
+    }
+}
+
 /// `skiff server` in `netns` on `<dir>/server`, logging to
 /// `<dir>/server.log` (appended, so a restart keeps the earlier log).
 fn spawn_server(netns: &Netns, dir: &Path, extra: &[String]) -> Result<Child> {
