@@ -5,7 +5,11 @@ set -euo pipefail
 
 # python3-venv: the API server's end-to-end tests drive the Python
 # `kubernetes` client from a venv (below).
-PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux python3 python3-venv ca-certificates)
+# docker-registry: a real registry on loopback for the image pull tests
+# (skiff_testing::Registry); apache2-utils: its `htpasswd -B` writes the
+# bcrypt password file the registry's basic auth needs.
+PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux python3 python3-venv ca-certificates
+  docker-registry apache2-utils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,14 +26,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Debian's etcd-server package starts a system etcd where an init system runs;
-# the tests start their own on free ports, so a system one is not needed.
+# Debian's etcd-server and docker-registry packages start system services
+# where an init system runs; the tests start their own on free ports, so
+# system ones are not needed.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl stop etcd >/dev/null 2>&1 || true
-  systemctl disable etcd >/dev/null 2>&1 || true
+  for service in etcd docker-registry; do
+    systemctl stop "$service" >/dev/null 2>&1 || true
+    systemctl disable "$service" >/dev/null 2>&1 || true
+  done
 fi
 
 command -v etcd >/dev/null || { echo "etcd not found after install" >&2; exit 1; }
+command -v docker-registry >/dev/null || { echo "docker-registry not found after install" >&2; exit 1; }
+command -v htpasswd >/dev/null || { echo "htpasswd not found after install" >&2; exit 1; }
 
 # More API clients for the API server's end-to-end tests, all under one
 # prefix the tests know (crates/apiserver/tests/support/clients.rs):
@@ -89,6 +98,7 @@ case "$helm_version" in
 esac
 
 echo "dependencies ready: $(etcd --version | head -1)"
+echo "  $(docker-registry --version 2>&1 | head -1)"
 echo "  python kubernetes $("$PREFIX/venv/bin/python" -c 'import kubernetes; print(kubernetes.__version__)')"
 echo "  ${kubectl_version%%$'\n'*} ($PREFIX/bin/kubectl-1.35)"
 echo "  helm $helm_version ($PREFIX/bin/helm)"

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Taint;
 
+pub use crate::imagegc::ImageGcPolicy;
+pub use crate::logrotate::LogRotationPolicy;
+
 /// Everything the node agent needs to know besides the API client and the
 /// runtime.
 #[derive(Debug, Clone)]
@@ -39,6 +42,12 @@ pub struct NodeConfig {
     pub cgroup_root: String,
     /// The agent's HTTPS server (logs, exec, healthz); `None` serves nothing.
     pub server: Option<ServerConfig>,
+    /// Rotation of containers' log files (`--container-log-max-size`,
+    /// `--container-log-max-files`).
+    pub container_logs: LogRotationPolicy,
+    /// Garbage collection of unused images (`--image-gc-high-threshold`,
+    /// `--image-gc-low-threshold`).
+    pub image_gc: ImageGcPolicy,
     pub timing: Timing,
 }
 
@@ -57,6 +66,8 @@ impl Default for NodeConfig {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             cgroup_root: "/kubepods".to_string(),
             server: None,
+            container_logs: LogRotationPolicy::default(),
+            image_gc: ImageGcPolicy::default(),
             timing: Timing::default(),
         }
     }

@@ -8,9 +8,11 @@
 //! would work against any Kubernetes API server.
 //!
 //! Layout: pure logic ([`status`], [`resources`], [`env`], [`spec`],
-//! [`backoff`], [`logs`], probe thresholds in [`probe`]) is unit-tested in
-//! tables; [`node`] (registration, lease, node status), [`pods`] (the
-//! watch and one [`worker`] per pod), [`volumes`] and [`server`] do the IO;
+//! [`backoff`], [`logs`], probe thresholds in [`probe`], the rotation plan
+//! in [`logrotate`] and the collection plan in [`imagegc`]) is unit-tested
+//! in tables; [`node`] (registration, lease, node status), [`pods`] (the
+//! watch and one [`worker`] per pod), [`volumes`], [`server`] and the
+//! housekeeping loops (log rotation, image garbage collection) do the IO;
 //! [`spdy`] is SPDY/3.1 framing (pure, unit-tested) under [`portforward`]'s
 //! `portforward.k8s.io` sessions.
 
@@ -18,6 +20,8 @@ pub mod backoff;
 pub mod config;
 pub mod env;
 pub mod events;
+pub mod imagegc;
+pub mod logrotate;
 pub mod logs;
 pub mod machine;
 pub mod node;
@@ -25,6 +29,7 @@ pub mod podnet;
 pub mod pods;
 pub mod portforward;
 pub mod probe;
+pub mod remotecommand_spdy;
 pub mod resources;
 pub mod routes;
 pub mod server;
@@ -39,13 +44,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Backoff, NodeConfig, Reserved, ServerConfig, Timing};
+pub use config::{
+    Backoff, ImageGcPolicy, LogRotationPolicy, NodeConfig, Reserved, ServerConfig, Timing,
+};
 pub use skiff_runtime::ContainerRuntime;
 
 /// What starting the agent can fail with (once started, it runs until
 /// dropped: failures of the API or the runtime are logged and retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("creating data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -88,6 +97,8 @@ impl Agent {
         config: NodeConfig,
         runtime: Arc<dyn ContainerRuntime>,
     ) -> Result<Agent, Error> {
+        config.container_logs.validate().map_err(Error::Config)?;
+        config.image_gc.validate().map_err(Error::Config)?;
         for dir in [
             config.data_dir.clone(),
             config.data_dir.join("pods"),
@@ -154,8 +165,21 @@ impl Agent {
                 }),
             ));
         }
+        let recorder = events::Recorder::start(client.clone(), node_name.clone());
+        tasks.push((
+            "container-logs",
+            tokio::spawn(
+                logrotate::ContainerLogManager::new(runtime.clone(), config.container_logs).run(),
+            ),
+        ));
+        if config.image_gc.enabled() {
+            let gc = imagegc::ImageGcManager::new(runtime.clone(), config.image_gc)
+                .with_events(recorder.clone(), node_name.clone());
+            tasks.push(("image-gc", tokio::spawn(gc.run())));
+        } else {
+            tracing::info!("image garbage collection off (high threshold 100)");
+        }
         {
-            let recorder = events::Recorder::start(client.clone(), node_name.clone());
             let volumes = volumes::VolumeManager::new(client.clone(), config.data_dir.clone());
             let runtime = runtime.clone();
             let client = client.clone();

@@ -2,10 +2,11 @@
 //! <content>` per line, written by the runtime), read back the way
 //! `kubectl logs` asks: `tailLines`, `sinceSeconds`/`sinceTime`,
 //! `timestamps`, `limitBytes`, and `follow` (polling the file while the
-//! container runs). Parsing and selection are pure; only [`follow_file`]
-//! does IO.
+//! container runs, and moving on to the new file when log rotation replaced
+//! it). Only the live file is read, not rotated ones, as the kubelet does.
+//! Parsing and selection are pure; only [`follow_file`] does IO.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -168,16 +169,36 @@ pub async fn follow_file<F, Fut>(
         .await;
         match read {
             Ok(0) => {
-                idle_checks += 1;
-                // Every ~second without data: has the container stopped?
-                if idle_checks.is_multiple_of(4) && !running().await {
-                    return;
+                if let Some(next) = replaced(&path, &file).await {
+                    // Rotated: the runtime reopened the path only after its
+                    // last write to the old file, so what the old file has
+                    // now is all it will ever have.
+                    let mut rest = Vec::new();
+                    let drained = async {
+                        file.seek(std::io::SeekFrom::Start(offset)).await?;
+                        file.read_to_end(&mut rest).await
+                    }
+                    .await;
+                    if let Err(e) = drained {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    pending.extend_from_slice(&rest);
+                    file = next;
+                    offset = 0;
+                    idle_checks = 0;
+                } else {
+                    idle_checks += 1;
+                    // Every ~second without data: has the container stopped?
+                    if idle_checks.is_multiple_of(4) && !running().await {
+                        return;
+                    }
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
                 }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
             }
             Ok(n) => {
                 idle_checks = 0;
@@ -210,6 +231,18 @@ pub async fn follow_file<F, Fut>(
             return;
         }
     }
+}
+
+/// The file now at `path` when it is no longer `file` (log rotation renamed
+/// `file` away and the runtime opened a new one).
+async fn replaced(path: &Path, file: &tokio::fs::File) -> Option<tokio::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let current = file.metadata().await.ok()?;
+    let at_path = tokio::fs::metadata(path).await.ok()?;
+    if (at_path.dev(), at_path.ino()) == (current.dev(), current.ino()) {
+        return None;
+    }
+    tokio::fs::File::open(path).await.ok()
 }
 
 /// The CRI log line a runtime writes for `content` (used by tests and the
@@ -297,6 +330,51 @@ mod tests {
             let got = render(LOG.as_bytes(), &opts);
             assert_eq!(String::from_utf8_lossy(&got), want, "{name}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_follow_moves_on_to_the_new_file_after_a_rotation() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("0.log");
+        let t = ts("2024-01-01T00:00:00Z");
+        let append = |p: &Path, text: &str| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("open log");
+            f.write_all(format_line(t, "stdout", text).as_bytes())
+                .expect("write log");
+        };
+        append(&path, "one");
+        let (tx, mut rx) = mpsc::channel(16);
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let follow = tokio::spawn(follow_file(path.clone(), opts, tx, || async { true }));
+        let mut seen = String::new();
+        let mut expect = async |want: &str| {
+            while !seen.ends_with(want) {
+                let chunk = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+                match chunk {
+                    Ok(Some(Ok(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                    other => panic!("waiting for {want:?} after {seen:?}: {other:?}"),
+                }
+            }
+        };
+        expect("one\n").await;
+        // Written to the old file after the rename, before the reopen.
+        let rotated = dir.path().join("0.log.20240101-000000");
+        std::fs::rename(&path, &rotated).expect("rename");
+        append(&rotated, "two");
+        append(&path, "three");
+        expect("three\n").await;
+        append(&path, "four");
+        expect("four\n").await;
+        assert_eq!(seen, "one\ntwo\nthree\nfour\n");
+        follow.abort();
     }
 
     #[test]

@@ -64,6 +64,17 @@ pub fn k8s_arch(rust_arch: &str) -> &str {
     }
 }
 
+/// Capacity and available bytes (to unprivileged users, as `df`) of the
+/// file system holding `path`.
+pub fn fs_usage(path: &Path) -> std::io::Result<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let frag = s.fragment_size() as u64;
+    Ok((
+        (s.blocks() as u64).saturating_mul(frag),
+        (s.blocks_available() as u64).saturating_mul(frag),
+    ))
+}
+
 fn disk(path: &Path) -> (Option<i64>, Option<i64>) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => {

@@ -9,7 +9,9 @@
 //!   &stderr=&tty=`, the websocket remotecommand protocol
 //!   (`v5.channel.k8s.io`, also `v4`) over [`ContainerRuntime::exec`]:
 //!   channels 0–2 are stdio, 3 the final `Status`, 4 terminal resizes
-//!   (`{"Width":…,"Height":…}`), 255 (v5) closes a stream;
+//!   (`{"Width":…,"Height":…}`), 255 (v5) closes a stream; a SPDY/3.1
+//!   upgrade instead speaks the older SPDY form of the protocol (see
+//!   [`crate::remotecommand_spdy`]);
 //! - `GET|POST /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=
 //!   &tty=`, the same protocol over [`ContainerRuntime::attach`] (the
 //!   container's own terminal decides `tty`);
@@ -50,6 +52,7 @@ use tower::ServiceExt;
 use crate::logs::{self, LogOptions};
 use crate::pods::PodIndex;
 use crate::portforward;
+use crate::remotecommand_spdy;
 use crate::spec;
 
 /// What the handlers share.
@@ -329,15 +332,20 @@ async fn exec(
         Ok(r) => r,
         Err((code, message)) => return error(code, message),
     };
-    let upgrade = match websocket(req, "exec").await {
-        Ok(u) => u,
-        Err((code, message)) => return error(code, message),
-    };
     let request = ExecRequest {
         container_id: running.id.clone(),
         cmd: command,
         tty: flag(&pairs, "tty"),
         stdin: flag(&pairs, "stdin"),
+    };
+    if remotecommand_spdy::is_spdy(req.headers()) {
+        let options = remotecommand_spdy::Options::from_query(&pairs);
+        let target = remotecommand_spdy::Target::Exec(request);
+        return remotecommand_spdy::upgrade(req, state.runtime.clone(), target, options);
+    }
+    let upgrade = match websocket(req, "exec").await {
+        Ok(u) => u,
+        Err((code, message)) => return error(code, message),
     };
     let (want_stdout, want_stderr) = wanted_output(&pairs);
     let runtime = state.runtime.clone();
@@ -362,6 +370,17 @@ async fn attach(
         Ok(r) => r,
         Err((code, message)) => return error(code, message),
     };
+    if remotecommand_spdy::is_spdy(req.headers()) {
+        let options = remotecommand_spdy::Options::from_query(&pairs);
+        let request = AttachRequest {
+            container_id: running.id.clone(),
+            stdin: options.stdin,
+            stdout: options.stdout,
+            stderr: options.stderr,
+        };
+        let target = remotecommand_spdy::Target::Attach(request);
+        return remotecommand_spdy::upgrade(req, state.runtime.clone(), target, options);
+    }
     let upgrade = match websocket(req, "attach").await {
         Ok(u) => u,
         Err((code, message)) => return error(code, message),
@@ -381,7 +400,7 @@ async fn attach(
         })
 }
 
-fn status_message(exit: Result<i32, String>, cmd: &[String]) -> Vec<u8> {
+pub(crate) fn status_message(exit: Result<i32, String>, cmd: &[String]) -> Vec<u8> {
     let body = match exit {
         Ok(0) => serde_json::json!({"metadata": {}, "status": "Success"}),
         Ok(code) => serde_json::json!({

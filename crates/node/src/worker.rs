@@ -880,6 +880,11 @@ impl Worker {
         if image.is_empty() {
             return Err(Waiting::new("InvalidImageName", "no image given"));
         }
+        if let Err(e) = skiff_runtime::Reference::parse(&image) {
+            let msg = format!("Failed to apply default image tag {image:?}: {e}");
+            rec.warning(subject, "InspectFailed", msg.clone());
+            return Err(Waiting::new("InvalidImageName", msg));
+        }
         let spec = cri::ImageSpec {
             image: image.clone(),
             user_specified_image: image.clone(),
@@ -927,7 +932,19 @@ impl Worker {
             format!("Pulling image {image:?}"),
         );
         let started = Instant::now();
-        match rt.pull_image(spec.clone(), None).await {
+        // As the kubelet: each credential the pull secrets hold for this
+        // image in turn (most specific first), anonymously when none.
+        let credentials = self.pull_credentials(pod, &image, &subject).await;
+        let mut pulled = rt
+            .pull_image(spec.clone(), credentials.first().cloned())
+            .await;
+        for auth in credentials.iter().skip(1) {
+            if pulled.is_ok() {
+                break;
+            }
+            pulled = rt.pull_image(spec.clone(), Some(auth.clone())).await;
+        }
+        match pulled {
             Ok(image_ref) => {
                 self.pull_backoff.reset(&image);
                 rec.normal(
@@ -956,6 +973,84 @@ impl Worker {
                 Err(Waiting::new("ErrImagePull", msg))
             }
         }
+    }
+
+    /// The registry credentials the pod's `imagePullSecrets` hold for
+    /// `image` (the kubelet's keyring: `kubernetes.io/dockerconfigjson` and
+    /// `kubernetes.io/dockercfg` secrets, every matching entry, most
+    /// specific first). Secrets that cannot be read are reported in an
+    /// event and skipped, as the kubelet does: the pull may still succeed.
+    async fn pull_credentials(
+        &self,
+        pod: &Pod,
+        image: &str,
+        subject: &Subject,
+    ) -> Vec<cri::AuthConfig> {
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let mut keyring = skiff_runtime::Keyring::default();
+        let mut unusable = Vec::new();
+        for name in names {
+            let secret = match api.get_opt(&name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    unusable.push(name);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %name, namespace = %ns, error = %e, "reading image pull secret");
+                    unusable.push(name);
+                    continue;
+                }
+            };
+            let data = |key: &str| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.as_slice())
+                    .filter(|b| !b.is_empty())
+            };
+            let added = match (
+                secret.type_.as_deref(),
+                data(".dockerconfigjson"),
+                data(".dockercfg"),
+            ) {
+                (Some("kubernetes.io/dockerconfigjson"), Some(json), _) => {
+                    keyring.add_docker_config_json(json)
+                }
+                (Some("kubernetes.io/dockercfg"), _, Some(cfg)) => keyring.add_dockercfg(cfg),
+                // Other secret types hold no registry credentials.
+                _ => Ok(()),
+            };
+            if let Err(e) = added {
+                tracing::warn!(secret = %name, namespace = %ns, error = %e, "image pull secret");
+                unusable.push(name);
+            }
+        }
+        if !unusable.is_empty() {
+            self.ctx.recorder.warning(
+                subject.clone(),
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    unusable.join(", ")
+                ),
+            );
+        }
+        keyring.lookup(image)
     }
 
     async fn env_sources(&self, pod: &Pod, c: &Container) -> Result<Sources, String> {
@@ -1229,8 +1324,18 @@ impl Worker {
     }
 
     async fn remove_container(&mut self, o: &ContainerObservation) {
-        if let Err(e) = self.ctx.runtime.remove_container(&o.id).await {
-            tracing::warn!(pod = %self.name(), container = %o.id, error = %e, "removing container");
+        match self.ctx.runtime.remove_container(&o.id).await {
+            Ok(()) => {
+                // Its log and rotated logs go with it, as the kubelet's.
+                let log = spec::log_directory(&self.ctx.log_root(), &self.pod)
+                    .join(spec::log_path(&o.name, o.restart_count));
+                if let Err(e) = crate::logrotate::clean(&log).await {
+                    tracing::warn!(pod = %self.name(), container = %o.id, error = %e, "removing container logs");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.name(), container = %o.id, error = %e, "removing container")
+            }
         }
         self.status_cache.remove(&o.id);
         self.probes.remove(&o.id);

@@ -7,7 +7,9 @@
 //! directly.
 //! Container logs are not a verb: as with the CRI, the runtime writes each
 //! container's output to `ContainerConfig.log_path` under the sandbox's
-//! `log_directory` in the CRI log format, and the agent reads the file.
+//! `log_directory` in the CRI log format, and the agent reads the file. The
+//! agent also rotates it: it renames the file and calls
+//! [`RuntimeService::reopen_container_log`] (the CRI's `ReopenContainerLog`).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -100,6 +102,15 @@ pub trait RuntimeService: Send + Sync {
         Err(Error::Unsupported("attach"))
     }
 
+    /// Makes the runtime open the container's log path again and write the
+    /// container's further output there (the CRI's `ReopenContainerLog`):
+    /// log rotation renames the file first. Fails unless the container runs;
+    /// no output is lost, whatever was written before the call is in the
+    /// renamed file.
+    async fn reopen_container_log(&self, _container_id: &str) -> Result<()> {
+        Err(Error::Unsupported("reopen_container_log"))
+    }
+
     /// Opens a TCP connection to `port` of the sandbox, as `kubectl
     /// port-forward` reaches it (the CRI's `PortForward`, which answers
     /// with a streaming URL instead): on the loopback of the sandbox's
@@ -133,6 +144,13 @@ pub trait ImageService: Send + Sync {
     async fn image_status(&self, image: cri::ImageSpec) -> Result<Option<cri::Image>>;
     async fn list_images(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>>;
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<()>;
+    /// The file systems holding images and what images use on them (the
+    /// CRI's `ImageFsInfo`): `fs_id.mountpoint` is a directory on that file
+    /// system (the image store's root), whose capacity the agent reads
+    /// itself, as the kubelet does.
+    async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
+        Err(Error::Unsupported("image_fs_info"))
+    }
 }
 
 /// What the node agent holds: both services of one runtime.

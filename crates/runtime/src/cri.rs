@@ -310,6 +310,18 @@ impl RuntimeService for CriClient {
         Ok(stream)
     }
 
+    async fn reopen_container_log(&self, container_id: &str) -> Result<()> {
+        let r = self
+            .runtime
+            .clone()
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: container_id.into(),
+            })
+            .await;
+        r.map_err(status_err("ReopenContainerLog", &self.endpoint))
+            .map(|_| ())
+    }
+
     async fn update_runtime_config(&self, pod_cidr: &str) -> Result<()> {
         let r = self
             .runtime
@@ -381,6 +393,16 @@ impl ImageService for CriClient {
             .await;
         r.map_err(status_err("RemoveImage", &self.endpoint))
             .map(|_| ())
+    }
+
+    async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
+        let r = self
+            .images
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await;
+        Ok(r.map_err(status_err("ImageFsInfo", &self.endpoint))?
+            .into_inner())
     }
 }
 

@@ -33,6 +33,8 @@ pub use api::{
 pub use builtin::{BuiltinConfig, BuiltinRuntime};
 pub use cri::CriClient;
 pub use images::ImageStore;
+pub use images::keyring::Keyring;
 pub use images::pull::PullConfig;
+pub use images::registries::Registries;
 pub use network::{NoNetwork, SandboxNetwork};
 pub use reference::Reference;

@@ -120,12 +120,17 @@ impl Reference {
     /// Whether the registry is on this machine (pulled over plain HTTP unless
     /// configured otherwise).
     pub fn is_loopback_registry(&self) -> bool {
-        let host = match self.registry.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => self.registry.as_str(),
-        };
-        host == "localhost" || host.starts_with("127.") || host == "[::1]"
+        is_loopback_host(&self.registry)
     }
+}
+
+/// Whether `host[:port]` is on this machine: `localhost`, `127.*`, `[::1]`.
+pub fn is_loopback_host(host_port: &str) -> bool {
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
 impl fmt::Display for Reference {

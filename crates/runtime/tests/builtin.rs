@@ -5,221 +5,15 @@
 //! Nothing here touches a real network: each sandbox has its own network
 //! namespace with only `lo`.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{fixture, is_root, log_lines, open, wait_for_log_line};
 use skiff_runtime::cri_types as cri;
-use skiff_runtime::{BuiltinConfig, BuiltinRuntime, ImageService, NoNetwork, RuntimeService};
+use skiff_runtime::{ImageService, RuntimeService};
 use skiff_testing::{ArchiveFormat, TEST_IMAGE, test_image_archive_as};
-
-struct Fixture {
-    rt: BuiltinRuntime,
-    dir: tempfile::TempDir,
-    cgroup_root: String,
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipped: the built-in runtime tests need root");
-        false
-    }
-}
-
-async fn fixture() -> Fixture {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("skiff_runtime=debug")
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::Builder::new()
-        .prefix("skiff-rt-")
-        .tempdir_in("/var/tmp")
-        .expect("temp dir");
-    let cgroup_root = format!("/skiff-test-{}", uuid_like());
-    let rt = open(dir.path(), &cgroup_root);
-    let archive = test_image_archive_as(ArchiveFormat::DockerArchive).expect("test image");
-    rt.import_image_archive(&archive)
-        .await
-        .expect("import test image");
-    Fixture {
-        rt,
-        dir,
-        cgroup_root,
-    }
-}
-
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
-fn open(root: &Path, cgroup_root: &str) -> BuiltinRuntime {
-    let mut config = BuiltinConfig::new(root.join("runtime"));
-    config.cgroup_root = cgroup_root.to_string();
-    BuiltinRuntime::new(config, Arc::new(NoNetwork)).expect("open runtime")
-}
-
-impl Fixture {
-    fn logs(&self) -> PathBuf {
-        self.dir.path().join("logs")
-    }
-
-    fn sandbox_config(&self, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: self.logs().join(name).display().to_string(),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            ..Default::default()
-        }
-    }
-
-    async fn sandbox(&self, name: &str) -> (String, cri::PodSandboxConfig) {
-        let config = self.sandbox_config(name);
-        let id = self
-            .rt
-            .run_pod_sandbox(config.clone())
-            .await
-            .expect("run sandbox");
-        (id, config)
-    }
-
-    async fn container(
-        &self,
-        sandbox: &(String, cri::PodSandboxConfig),
-        name: &str,
-        args: &[&str],
-        customize: impl FnOnce(&mut cri::ContainerConfig),
-    ) -> String {
-        let mut config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: TEST_IMAGE.into(),
-                ..Default::default()
-            }),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            ..Default::default()
-        };
-        customize(&mut config);
-        let id = self
-            .rt
-            .create_container(&sandbox.0, config, &sandbox.1)
-            .await
-            .expect("create container");
-        self.rt.start_container(&id).await.expect("start container");
-        id
-    }
-
-    async fn wait_exited(&self, id: &str, limit: Duration) -> cri::ContainerStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.rt.container_status(id).await.expect("status");
-            if status.state == cri::ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} still running: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn cleanup(self) {
-        for s in self.rt.list_pod_sandbox(None).await.unwrap_or_default() {
-            if let Err(e) = self.rt.remove_pod_sandbox(&s.id).await {
-                eprintln!("cleanup of sandbox {}: {e}", s.id);
-            }
-        }
-    }
-}
-
-impl Drop for Fixture {
-    /// Best effort after a failed test: kill the containers and lift the
-    /// mounts so the temp dir can go.
-    fn drop(&mut self) {
-        let containers = self.dir.path().join("runtime/containers");
-        for entry in std::fs::read_dir(&containers)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let record: serde_json::Value = std::fs::read(entry.path().join("container.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            if let Some(pid) = record["pid"].as_i64()
-                && !entry.path().join("exit.json").exists()
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let prefix = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|p| p.starts_with(&prefix))
-            .collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-        }
-        // The per-test parent cgroup, and the containers' own when a failed
-        // test left them behind.
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let parent = hierarchy.path().join(&self.cgroup_root[1..]);
-            for child in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
-                if child.path().is_dir() {
-                    let _ = std::fs::remove_dir(child.path());
-                }
-            }
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
-async fn wait_for_log_line(path: &str, content: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !log_lines(path)
-        .iter()
-        .any(|l| l.ends_with(&format!(" F {content}")))
-    {
-        assert!(Instant::now() < deadline, "no {content:?} in {path}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn log_lines(path: &str) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn container_that_prints_and_exits_leaves_cri_log_lines_and_its_exit_code() {
@@ -536,8 +330,11 @@ async fn images_import_from_both_archive_formats_and_resolve_by_name_and_id() {
             .unwrap()
             .expect("by id");
     assert_eq!(by_id.repo_tags, [TEST_IMAGE]);
+    // By digest, a present image needs no registry (by tag it would ask the
+    // registry, which crates/runtime/tests/registry.rs covers).
+    let by_digest = format!("skiff.test/testbin@{}", imported[0].manifest_digest);
     assert_eq!(
-        f.rt.pull_image(spec(TEST_IMAGE), None).await.unwrap(),
+        f.rt.pull_image(spec(&by_digest), None).await.unwrap(),
         status.id
     );
     assert!(f.rt.image_status(spec("busybox")).await.unwrap().is_none());

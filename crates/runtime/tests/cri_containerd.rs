@@ -226,6 +226,63 @@ async fn cri_client_runs_a_host_network_pod_on_containerd() {
     assert!(log.contains(" stdout F hello through containerd"), "{log}");
     let listed = client.list_containers(None).await.expect("list");
     assert_eq!(listed.len(), 1);
+    assert!(
+        client.reopen_container_log(&container).await.is_err(),
+        "containerd reopens only a running container's log"
+    );
+
+    // Log rotation as the agent does it: rename, then ReopenContainerLog.
+    let ticker = client
+        .create_container(
+            &sandbox,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "ticker".into(),
+                    attempt: 0,
+                }),
+                image: Some(spec(TEST_IMAGE)),
+                args: vec!["ticker".into(), "20".into(), "tick".into()],
+                log_path: "ticker/0.log".into(),
+                ..Default::default()
+            },
+            &sandbox_config,
+        )
+        .await
+        .expect("create container");
+    client.start_container(&ticker).await.expect("start");
+    let live = logs.join("ticker/0.log");
+    let has_ticks = |p: &std::path::Path| {
+        std::fs::read_to_string(p).is_ok_and(|l| l.contains(" stdout F tick "))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_ticks(&live) {
+        assert!(Instant::now() < deadline, "no ticks in {}", live.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rotated = logs.join("ticker/0.log.20240101-000000");
+    std::fs::rename(&live, &rotated).expect("rename the live log");
+    client
+        .reopen_container_log(&ticker)
+        .await
+        .expect("ReopenContainerLog");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_ticks(&live) {
+        assert!(Instant::now() < deadline, "no ticks in the reopened log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(has_ticks(&rotated));
+
+    let fs = client.image_fs_info().await.expect("ImageFsInfo");
+    let mountpoint = fs
+        .image_filesystems
+        .first()
+        .and_then(|f| f.fs_id.as_ref())
+        .map(|i| i.mountpoint.clone())
+        .unwrap_or_default();
+    assert!(
+        std::path::Path::new(&mountpoint).is_dir(),
+        "image filesystem {fs:?}"
+    );
 
     client
         .stop_pod_sandbox(&sandbox)

@@ -33,6 +33,14 @@ pub struct AgentOptions {
     pub overlay: skiff_node::routes::Overlay,
     /// The service range the proxy routes (`None`: no service proxy).
     pub service_cidr: Option<String>,
+    /// Rotation of containers' log files.
+    pub container_logs: skiff_node::LogRotationPolicy,
+    /// Garbage collection of unused images.
+    pub image_gc: skiff_node::ImageGcPolicy,
+    /// k3s' `registries.yaml`: mirrors, credentials and plain-HTTP
+    /// registries for the built-in runtime's pulls (a missing file is an
+    /// empty configuration).
+    pub private_registry: PathBuf,
 }
 
 /// Runs the node agent until it fails.
@@ -61,6 +69,8 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
             client_ca_pem: None,
             token: opts.token.clone(),
         }),
+        container_logs: opts.container_logs,
+        image_gc: opts.image_gc,
         ..Default::default()
     };
     tracing::info!(node = %node_name, ip = %node_ip, "starting the node agent");
@@ -121,11 +131,11 @@ async fn runtime(
                 .with_context(|| format!("--service-cidr {service_cidr} is not an IPv4 range"))?,
         );
     }
-    let runtime = skiff_runtime::BuiltinRuntime::new(
-        skiff_runtime::BuiltinConfig::new(agent_dir.join("runtime")),
-        Arc::new(network),
-    )
-    .context("starting the built-in container runtime")?;
+    let mut config = skiff_runtime::BuiltinConfig::new(agent_dir.join("runtime"));
+    config.pull.registries = skiff_runtime::Registries::load(&opts.private_registry)
+        .with_context(|| format!("reading {}", opts.private_registry.display()))?;
+    let runtime = skiff_runtime::BuiltinRuntime::new(config, Arc::new(network))
+        .context("starting the built-in container runtime")?;
     // Air-gapped images: every archive in <data-dir>/agent/images, as k3s.
     let images = agent_dir.join("images");
     match runtime.import_image_dir(&images).await {

@@ -139,6 +139,11 @@ pub struct NodeArgs {
     /// pods with instead of the built-in runtime.
     #[arg(long)]
     pub container_runtime_endpoint: Option<String>,
+    /// Registry configuration in k3s' `registries.yaml` format (mirrors,
+    /// `configs` with credentials and TLS; an `http://` endpoint makes a
+    /// registry plain HTTP). A missing file means none.
+    #[arg(long, default_value = "/etc/skiff/registries.yaml")]
+    pub private_registry: PathBuf,
     /// How pods reach pods on other nodes: vxlan, host-gw or none.
     #[arg(long, default_value = "vxlan")]
     pub flannel_backend: skiff_node::routes::Overlay,
@@ -261,6 +266,7 @@ impl NodeArgs {
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             overlay: self.flannel_backend,
             service_cidr: (!self.disable_kube_proxy).then(|| service_cidr.to_string()),
+            private_registry: self.private_registry.clone(),
         })
     }
 }

@@ -6,7 +6,9 @@
 //! running container's output and feeds the stdin of one created with
 //! `stdin: true` (closed after the first attach with `stdinOnce`, which
 //! `kubectl run -i` relies on); `kubectl cp` copies files and directories
-//! both ways through the image's `tar`.
+//! both ways through the image's `tar`. With
+//! `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false` kubectl speaks the older SPDY
+//! form of exec and attach, which the agent serves too.
 //!
 //! Every server runs in a network namespace of its own (see `common`).
 
@@ -354,6 +356,103 @@ fn kubectl_exec_streams_stdin_and_gives_tty_sessions_a_resizable_terminal() -> R
     term.type_line("exit")?;
     let status = term.wait(Duration::from_secs(30))?;
     ensure!(status.success(), "kubectl exec -it: {status}");
+    Ok(())
+}
+
+/// The `-v=6` log line of kubectl's upgraded `…/pods/NAME/VERB` request:
+/// its method (v1.32 logs `] POST https://… 101 Switching Protocols`).
+fn upgrade_method(log: &str, pod: &str, verb: &str) -> Option<&'static str> {
+    log.lines()
+        .find(|l| l.contains(&format!("/pods/{pod}/{verb}")) && l.contains("101 Switching"))
+        .and_then(|l| {
+            ["GET", "POST"].into_iter().find(|m| {
+                l.contains(&format!("] {m} https://")) || l.contains(&format!("verb=\"{m}\""))
+            })
+        })
+}
+
+#[test]
+fn kubectl_exec_over_spdy_streams_output_stdin_and_exit_codes() -> Result<()> {
+    let cluster = cluster_with(&["shell", "echo"])?;
+    let spdy = |args: &[&str]| {
+        let mut cmd = kubectl(&cluster, args);
+        cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+        cmd
+    };
+
+    let out = spdy(&["exec", "-v=6", "shell", "--", "/testbin", "print", "hi"]).output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "{log}");
+    ensure!(String::from_utf8_lossy(&out.stdout) == "hi\n", "{out:?}");
+    ensure!(
+        upgrade_method(&log, "shell", "exec") == Some("POST"),
+        "kubectl did not upgrade with POST (SPDY): {log}"
+    );
+
+    let out = spdy(&["exec", "shell", "--", "/testbin", "exit", "3"]).output()?;
+    ensure!(out.status.code() == Some(3), "{out:?}");
+
+    // -i: stdin through the stdin stream, closed at its end.
+    let data = payload(256 * 1024);
+    let mut child = spdy(&["exec", "-i", "shell", "--", "/testbin", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || stdin.write_all(&data))
+    };
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdin writer panicked"))??;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.stdout == data,
+        "exec -i over SPDY returned {} bytes of {}",
+        out.stdout.len(),
+        data.len()
+    );
+
+    // -it: a terminal of the client's size, resized through the resize stream.
+    let mut term = OnTerminal::spawn(
+        spdy(&[
+            "exec", "-it", "shell", "--", "/testbin", "tty-info", "--loop",
+        ]),
+        100,
+        30,
+    )?;
+    term.output.wait_for(
+        "stdin-tty=true stdout-tty=true ctty=true",
+        Duration::from_secs(30),
+    )?;
+    term.expect_size("100x30")?;
+    term.resize(132, 43)?;
+    term.expect_size("132x43")?;
+    term.type_line("exit")?;
+    let status = term.wait(Duration::from_secs(30))?;
+    ensure!(status.success(), "kubectl exec -it over SPDY: {status}");
+
+    // attach -i: input reaches a container that keeps stdin open.
+    let mut attach = Background(
+        spdy(&["attach", "-i", "echo"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let output = Collected::reading(attach.0.stdout.take().context("stdout")?);
+    let mut stdin = attach.0.stdin.take().context("stdin")?;
+    stdin.write_all(b"hello spdy attach\n")?;
+    output.wait_for("hello spdy attach\n", Duration::from_secs(30))?;
+    drop(stdin);
+    drop(attach);
     Ok(())
 }
 

@@ -11,9 +11,12 @@
 //! `cat` (stdin to stdout) and `sh -c "exit N"`. An attach to a running
 //! container prints `attached` and echoes its input, and ends (as the
 //! container would with `stdinOnce`) when the input ends.
+//! `reopen_container_log` creates the log file again if it was renamed away
+//! (and is counted); images have sizes ([`FakeRuntime::add_image`]) and live
+//! on a pretend file system whose mountpoint `image_fs_info` names.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,7 +61,10 @@ struct State {
     next: u64,
     sandboxes: BTreeMap<String, Sandbox>,
     containers: BTreeMap<String, Ctr>,
-    images: HashSet<String>,
+    /// Image name → size.
+    images: BTreeMap<String, u64>,
+    reopens: Vec<String>,
+    reopen_fails: bool,
     exec_exit: HashMap<String, i32>,
     execs: Vec<(String, Vec<String>)>,
     stops: Vec<(String, Duration)>,
@@ -97,6 +103,31 @@ impl FakeRuntime {
     /// `stop_container` calls: (container name, timeout).
     pub fn stops(&self) -> Vec<(String, Duration)> {
         self.lock().stops.clone()
+    }
+
+    /// Adds an image of `size` bytes, as if pulled earlier.
+    pub fn add_image(&self, name: &str, size: u64) {
+        self.lock().images.insert(name.to_string(), size);
+    }
+
+    /// Names of the images present.
+    pub fn image_names(&self) -> Vec<String> {
+        self.lock().images.keys().cloned().collect()
+    }
+
+    /// The sizes of the images present, added up.
+    pub fn image_bytes(&self) -> u64 {
+        self.lock().images.values().sum()
+    }
+
+    /// Container ids whose log was reopened, in order.
+    pub fn reopens(&self) -> Vec<String> {
+        self.lock().reopens.clone()
+    }
+
+    /// Makes `reopen_container_log` fail from now on (or not).
+    pub fn set_reopen_fails(&self, fails: bool) {
+        self.lock().reopen_fails = fails;
     }
 
     pub fn sandbox_count(&self) -> usize {
@@ -403,7 +434,12 @@ impl RuntimeService for FakeRuntime {
                 created_at: c.created_at,
                 labels: c.config.labels.clone(),
                 annotations: c.config.annotations.clone(),
-                image_id: String::new(),
+                image_id: c
+                    .config
+                    .image
+                    .as_ref()
+                    .map(|i| image_ref(&i.image))
+                    .unwrap_or_default(),
             })
             .collect())
     }
@@ -528,6 +564,38 @@ impl RuntimeService for FakeRuntime {
         })
     }
 
+    async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let log_path = {
+            let mut s = self.lock();
+            let c = s
+                .containers
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+            if c.state != cri::ContainerState::ContainerRunning {
+                return Err(Error::InvalidArgument(format!(
+                    "container {id} is not running"
+                )));
+            }
+            if s.reopen_fails {
+                return Err(Error::Runtime(format!(
+                    "reopening the log of {id}: refused"
+                )));
+            }
+            s.reopens.push(id.to_string());
+            c.log_path
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map(|_| ())
+            .map_err(|source| Error::Io {
+                context: format!("opening {}", log_path.display()),
+                source,
+            })
+    }
+
     async fn attach(&self, request: AttachRequest) -> Result<AttachSession> {
         let running = self
             .lock()
@@ -582,34 +650,59 @@ impl ImageService for FakeRuntime {
                 message: "manifest unknown".into(),
             });
         }
-        self.lock().images.insert(image.image.clone());
+        self.lock().images.entry(image.image.clone()).or_insert(0);
         Ok(image_ref(&image.image))
     }
 
     async fn image_status(&self, image: cri::ImageSpec) -> Result<Option<cri::Image>> {
         let s = self.lock();
-        Ok(s.images.contains(&image.image).then(|| cri::Image {
-            id: image_ref(&image.image),
-            repo_tags: vec![image.image.clone()],
-            ..Default::default()
-        }))
+        Ok(s.images
+            .get_key_value(&image.image)
+            .map(|(name, size)| fake_image(name, *size)))
     }
 
     async fn list_images(&self, _filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>> {
         let s = self.lock();
         Ok(s.images
             .iter()
-            .map(|i| cri::Image {
-                id: image_ref(i),
-                repo_tags: vec![i.clone()],
-                ..Default::default()
-            })
+            .map(|(name, size)| fake_image(name, *size))
             .collect())
     }
 
+    /// By name or by id.
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<()> {
-        self.lock().images.remove(&image.image);
+        self.lock()
+            .images
+            .retain(|name, _| *name != image.image && image_ref(name) != image.image);
         Ok(())
+    }
+
+    async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
+        Ok(cri::ImageFsInfoResponse {
+            image_filesystems: vec![cri::FilesystemUsage {
+                timestamp: now_ns(),
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: IMAGE_FS.into(),
+                }),
+                used_bytes: Some(cri::UInt64Value {
+                    value: self.image_bytes(),
+                }),
+                inodes_used: None,
+            }],
+            container_filesystems: Vec::new(),
+        })
+    }
+}
+
+/// The mountpoint the fake runtime's `image_fs_info` reports.
+pub const IMAGE_FS: &str = "/fake/images";
+
+fn fake_image(name: &str, size: u64) -> cri::Image {
+    cri::Image {
+        id: image_ref(name),
+        repo_tags: vec![name.to_string()],
+        size,
+        ..Default::default()
     }
 }
 

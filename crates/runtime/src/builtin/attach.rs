@@ -1,10 +1,16 @@
-//! Attaching to a container's main process (`kubectl attach`).
+//! Attaching to a container's main process (`kubectl attach`), and
+//! reopening its log file (the CRI's `ReopenContainerLog`).
 //!
 //! A container's monitor (see `monitor.rs`) owns its stdio: it copies the
 //! output into the CRI log and holds the container's stdin open (the write
 //! end of a pipe, or the terminal's master with a TTY). So the monitor also
 //! serves attaches, on the unix socket `attach.sock` in the container's
 //! state directory; monitors outlive the agent, and so do attaches' sockets.
+//!
+//! A connection that opens with `REOPEN_LOG` (no payload) instead of `HELLO`
+//! is a control request: the monitor opens its log path again (after log
+//! rotation renamed the file), answers `LOG_REOPENED`, or `FAILED` with the
+//! error as text, and closes the connection.
 //!
 //! The protocol is a sequence of frames `kind: u8, length: u32 (big endian),
 //! payload`. The client opens with `HELLO` (one byte of [`WANT_STDIN`],
@@ -42,7 +48,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{mpsc, oneshot};
 
 use super::console;
-use super::logs::Stream;
+use super::logs::{LogSink, Stream};
 use crate::api::{AttachRequest, AttachSession, Error, Result};
 
 /// The attach socket's name in a container's state directory.
@@ -55,6 +61,9 @@ const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const RESIZE: u8 = 4;
 const CLOSE_STDIN: u8 = 255;
+const REOPEN_LOG: u8 = b'L';
+const LOG_REOPENED: u8 = b'O';
+const FAILED: u8 = b'E';
 
 pub const WANT_STDIN: u8 = 1;
 pub const WANT_STDOUT: u8 = 2;
@@ -166,9 +175,9 @@ impl Hub {
         })
     }
 
-    /// Accepts attaches on `listener` from a new thread, until the process
-    /// exits.
-    pub fn serve(self: &Arc<Self>, listener: UnixListener) {
+    /// Accepts attaches and log reopens (of `log`) on `listener` from a new
+    /// thread, until the process exits.
+    pub fn serve(self: &Arc<Self>, listener: UnixListener, log: LogSink) {
         let hub = self.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -178,7 +187,8 @@ impl Hub {
                     continue;
                 }
                 let hub = hub.clone();
-                std::thread::spawn(move || hub.connection(conn));
+                let log = log.clone();
+                std::thread::spawn(move || hub.connection(conn, &log));
             }
         });
     }
@@ -252,11 +262,20 @@ impl Hub {
             .retain(|(i, _)| *i != id);
     }
 
-    /// One attached client, from its hello to its end.
-    fn connection(self: Arc<Self>, mut conn: UnixStream) {
+    /// One connection: a log reopen, or an attached client from its hello
+    /// to its end.
+    fn connection(self: Arc<Self>, mut conn: UnixStream, log: &LogSink) {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let want = match read_frame(&mut conn) {
             Ok(Some((HELLO, p))) if p.len() == 1 => p[0],
+            Ok(Some((REOPEN_LOG, _))) => {
+                let answer = match log.reopen() {
+                    Ok(()) => frame(LOG_REOPENED, &[]),
+                    Err(e) => frame(FAILED, format!("reopening the log: {e}").as_bytes()),
+                };
+                let _ = conn.write_all(&answer);
+                return;
+            }
             _ => return,
         };
         if let Ok(c) = conn.try_clone() {
@@ -444,6 +463,53 @@ pub async fn attach(dir: &Path, request: &AttachRequest) -> Result<AttachSession
         stderr: (!tty).then(|| Box::pin(stderr_theirs) as Pin<Box<dyn AsyncRead + Send>>),
         resize: tty.then_some(resize_tx),
     })
+}
+
+/// The agent's side of `ReopenContainerLog`: asks the monitor of the
+/// container whose state directory is `dir` to open its log path again.
+pub async fn reopen_log(dir: &Path, container_id: &str) -> Result<()> {
+    let failed = |e: io::Error| {
+        Error::Runtime(format!(
+            "reopening the log of container {container_id}: {e}"
+        ))
+    };
+    let exchange = async {
+        let mut stream = {
+            let (_handle, path) = console::connect_path(dir, SOCKET)?;
+            tokio::net::UnixStream::connect(&path).await?
+        };
+        stream.write_all(&frame(REOPEN_LOG, &[])).await?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("answer frame of {len} bytes"),
+            ));
+        }
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await?;
+        io::Result::Ok((head[0], payload))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?;
+    match answer {
+        Ok((LOG_REOPENED, _)) => Ok(()),
+        Ok((FAILED, message)) => Err(Error::Runtime(format!(
+            "container {container_id}: {}",
+            String::from_utf8_lossy(&message)
+        ))),
+        Ok((kind, _)) => Err(Error::Runtime(format!(
+            "reopening the log of container {container_id}: unexpected answer {kind}"
+        ))),
+        // A monitor that closes without answering predates log reopening.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Error::Runtime(format!(
+            "the monitor of container {container_id} does not reopen logs (started by an older skiff)"
+        ))),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 /// The session's stdout; dropping it ends the attach.

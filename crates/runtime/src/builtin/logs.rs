@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -125,23 +125,46 @@ impl LineSplitter {
 }
 
 /// The log file both streams of a container append to.
+///
+/// Log rotation (the node agent's, as the kubelet's `ContainerLogManager`)
+/// renames the file and then asks for [`LogSink::reopen`]: every record goes
+/// whole to either the renamed file or the new one, never lost in between.
 #[derive(Debug, Clone)]
 pub struct LogSink {
+    path: Arc<PathBuf>,
     file: Arc<Mutex<Option<File>>>,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl LogSink {
     pub fn open(path: &Path) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = open_append(path)?;
         Ok(LogSink {
+            path: Arc::new(path.to_path_buf()),
             file: Arc::new(Mutex::new(Some(file))),
         })
+    }
+
+    /// Opens the log path again (creating the file if it was renamed away)
+    /// and writes the following records there (the CRI's
+    /// `ReopenContainerLog`). On failure the old file stays in use.
+    pub fn reopen(&self) -> io::Result<()> {
+        let file = open_append(&self.path)?;
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = guard.as_mut() {
+            let _ = old.flush();
+        }
+        *guard = Some(file);
+        Ok(())
     }
 
     fn write(&self, record: &[u8]) {
@@ -206,6 +229,25 @@ mod tests {
             format_record(t, Stream::Stderr, true, b"par"),
             b"2016-10-06T00:17:09.669794202Z stderr P par\n"
         );
+    }
+
+    #[test]
+    fn a_reopened_sink_writes_to_a_new_file_at_its_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c/0.log");
+        let sink = LogSink::open(&path).expect("open");
+        sink.copy(Stream::Stdout, &b"one\n"[..], |_, _| {});
+        let rotated = dir.path().join("c/0.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        sink.copy(Stream::Stdout, &b"two\n"[..], |_, _| {});
+        sink.reopen().expect("reopen");
+        sink.copy(Stream::Stderr, &b"three\n"[..], |_, _| {});
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (old, new) = (read(&rotated), read(&path));
+        assert!(old.ends_with(" stdout F two\n"), "{old}");
+        assert_eq!(old.lines().count(), 2, "{old}");
+        assert!(new.ends_with(" stderr F three\n"), "{new}");
+        assert_eq!(new.lines().count(), 1, "{new}");
     }
 
     #[test]

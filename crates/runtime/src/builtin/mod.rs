@@ -7,7 +7,8 @@
 //! - `sandboxes/<id>/`: `sandbox.json`, `ns/{net,ipc,uts}`, `shm/`,
 //!   `hostname`, `hosts`, `resolv.conf`;
 //! - `containers/<id>/`: `container.json`, `exit.json`, `monitor.log`,
-//!   `attach.sock` (the monitor's, see `attach.rs`),
+//!   `attach.sock` (the monitor's, for attaches and log reopens, see
+//!   `attach.rs`),
 //!   `bundle/{config.json,rootfs}`, `upper/`, `work/`, and while a
 //!   terminal is handed over `console.sock` (a TTY container's) or
 //!   `exec-<token>.{sock,json}` (a TTY exec's console socket and process);
@@ -704,6 +705,47 @@ impl BuiltinRuntime {
     }
 }
 
+/// Bytes (allocated blocks) and inodes under `root`, as `du` counts them:
+/// symbolic links not followed, other file systems not entered, hard links
+/// counted once; entries that vanish while walking (an image being removed)
+/// are skipped.
+fn disk_usage(root: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let top = std::fs::symlink_metadata(root)?;
+    let dev = top.dev();
+    let (mut bytes, mut inodes) = (top.blocks() * 512, 1u64);
+    let mut linked = std::collections::HashSet::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.dev() != dev || (meta.nlink() > 1 && !linked.insert(meta.ino())) {
+                continue;
+            }
+            bytes += meta.blocks() * 512;
+            inodes += 1;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok((bytes, inodes))
+}
+
 fn mount_overlay(target: &Path, lower: &[PathBuf], upper: &Path, work: &Path) -> Result<()> {
     use nix::mount::{MsFlags, mount};
     if lower.is_empty() {
@@ -1025,11 +1067,14 @@ impl RuntimeService for BuiltinRuntime {
             stdin_once: rec.config.stdin_once,
             tty: rec.config.tty,
         };
+        // Taken before the start: a container that exits at once must not
+        // show a finish before its start.
+        let starting_at = now_nanos();
         match blocking(move || monitor::start_container(&req)).await {
             Ok(pid) => {
                 rec.phase = ContainerPhase::Running;
                 rec.pid = Some(pid);
-                rec.started_at = now_nanos();
+                rec.started_at = starting_at;
                 self.save_container(&rec)?;
                 tracing::info!(container = %rec.id, pid, "container started");
                 Ok(())
@@ -1276,6 +1321,19 @@ impl RuntimeService for BuiltinRuntime {
         attach::attach(&self.container_dir(&c.id), &request).await
     }
 
+    async fn reopen_container_log(&self, container_id: &str) -> Result<()> {
+        let c = self.container(container_id)?;
+        if c.phase != ContainerPhase::Running {
+            return Err(Error::InvalidArgument(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        attach::reopen_log(&self.container_dir(&c.id), &c.id).await?;
+        tracing::debug!(container = %c.id, log = %c.log_path.display(), "container log reopened");
+        Ok(())
+    }
+
     async fn port_forward(&self, pod_sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let sandbox = self.sandbox(pod_sandbox_id)?;
         if sandbox.state != SandboxState::Ready {
@@ -1301,10 +1359,15 @@ impl ImageService for BuiltinRuntime {
         auth: Option<cri::AuthConfig>,
     ) -> Result<String> {
         let reference = Reference::parse(&image.image)?;
-        let images = self.inner.images.clone();
-        let name = image.image.clone();
-        if let Some(found) = blocking(move || images.resolve(&name)).await? {
-            return Ok(found.id);
+        // A digest names content that cannot change: present means done. A
+        // tag may have moved, so it is always asked of the registry (the
+        // agent decides, by imagePullPolicy, whether to pull at all).
+        if reference.digest.is_some() {
+            let images = self.inner.images.clone();
+            let name = image.image.clone();
+            if let Some(found) = blocking(move || images.resolve(&name)).await? {
+                return Ok(found.id);
+            }
         }
         let record = crate::images::pull::pull(
             self.inner.images.clone(),
@@ -1334,6 +1397,25 @@ impl ImageService for BuiltinRuntime {
         })
         .await?;
         Ok(records.iter().map(|r| self.image_to_cri(r)).collect())
+    }
+
+    async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse> {
+        let root = self.inner.images.root().to_path_buf();
+        let (bytes, inodes) = blocking(move || {
+            disk_usage(&root).map_err(io_err(format!("measuring {}", root.display())))
+        })
+        .await?;
+        Ok(cri::ImageFsInfoResponse {
+            image_filesystems: vec![cri::FilesystemUsage {
+                timestamp: now_nanos(),
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.inner.images.root().display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            }],
+            container_filesystems: Vec::new(),
+        })
     }
 
     async fn remove_image(&self, image: cri::ImageSpec) -> Result<()> {

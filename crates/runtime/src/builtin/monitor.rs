@@ -11,7 +11,8 @@
 //!   stderr on pipes (or, with a TTY, on a terminal whose master it
 //!   receives over a console socket), copies them into the CRI log file and
 //!   to attached clients, holds the container's stdin open when it has one,
-//!   serves attaches on `attach.sock` (see `attach.rs`), waits for the
+//!   serves attaches and log reopens (after log rotation) on `attach.sock`
+//!   (see `attach.rs`), waits for the
 //!   container's init process (its child) and writes `exit.json`;
 //! - an **exec helper** (forked once) runs one command in a running
 //!   container as a tenant process with the caller's pipes as stdio (or a
@@ -275,7 +276,7 @@ fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
             return 1;
         }
     };
-    hub.serve(listener);
+    hub.serve(listener, sink.clone());
     report(&mut report_file, &format!("ok {pid}"));
     drop(report_file);
 

@@ -11,8 +11,10 @@
 //! All methods are blocking: async callers run them on a blocking thread.
 
 pub mod archive;
+pub mod keyring;
 pub mod oci;
 pub mod pull;
+pub mod registries;
 pub mod unpack;
 
 use std::collections::BTreeMap;
