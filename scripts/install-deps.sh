@@ -5,11 +5,12 @@ set -euo pipefail
 
 # python3-venv: the API server's end-to-end tests drive the Python
 # `kubernetes` client from a venv (below).
+# containerd, runc: the CRI runtime path (crates/runtime/tests/cri_containerd.rs).
 # docker-registry: a real registry on loopback for the image pull tests
 # (skiff_testing::Registry); apache2-utils: its `htpasswd -B` writes the
 # bcrypt password file the registry's basic auth needs.
 PACKAGES=(etcd-server etcd-client nftables iproute2 util-linux python3 python3-venv ca-certificates
-  docker-registry apache2-utils)
+  docker-registry apache2-utils containerd runc)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -26,11 +27,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Debian's etcd-server and docker-registry packages start system services
+# Debian's etcd-server, docker-registry and containerd packages start system services
 # where an init system runs; the tests start their own on free ports, so
 # system ones are not needed.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for service in etcd docker-registry; do
+  for service in etcd docker-registry containerd; do
     systemctl stop "$service" >/dev/null 2>&1 || true
     systemctl disable "$service" >/dev/null 2>&1 || true
   done
@@ -39,6 +40,7 @@ fi
 command -v etcd >/dev/null || { echo "etcd not found after install" >&2; exit 1; }
 command -v docker-registry >/dev/null || { echo "docker-registry not found after install" >&2; exit 1; }
 command -v htpasswd >/dev/null || { echo "htpasswd not found after install" >&2; exit 1; }
+command -v containerd >/dev/null || { echo "containerd not found after install" >&2; exit 1; }
 
 # More API clients for the API server's end-to-end tests, all under one
 # prefix the tests know (crates/apiserver/tests/support/clients.rs):
