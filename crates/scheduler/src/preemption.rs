@@ -48,6 +48,7 @@ pub fn preempt(
     cluster: &ClusterInfo,
     pdbs: &[&PodDisruptionBudget],
     fit: &FitError,
+    offset: usize,
 ) -> Result<Candidate, String> {
     let spec = pod.pod.spec.as_ref();
     if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
@@ -75,7 +76,13 @@ pub fn preempt(
     let budgets: Vec<Budget> = pdbs.iter().map(|b| Budget::new(b)).collect();
     let mut statuses: BTreeMap<String, Status> = BTreeMap::new();
     let mut candidates = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
+    let want = candidates_to_find(nodes.len());
+    for k in 0..nodes.len() {
+        if candidates.len() >= want {
+            break;
+        }
+        let i = (offset + k) % nodes.len();
+        let node = nodes[i];
         let name = node.name().to_string();
         match fit.node_to_status.get(&name) {
             Some(s) if s.code == Code::UnschedulableAndUnresolvable => {
@@ -106,6 +113,19 @@ pub fn preempt(
     }
     candidates.sort_by_key(pick_key);
     Ok(candidates.swap_remove(0))
+}
+
+/// Upstream's `MinCandidateNodesPercentage` and `MinCandidateNodesAbsolute`:
+/// the dry run stops once this many nodes are candidates.
+const MIN_CANDIDATE_NODES_PERCENTAGE: usize = 10;
+const MIN_CANDIDATE_NODES_ABSOLUTE: usize = 100;
+
+/// How many candidates the dry run looks for among `nodes` nodes (upstream's
+/// `GetOffsetAndNumCandidates`): 10 %, at least 100, at most all.
+fn candidates_to_find(nodes: usize) -> usize {
+    (nodes * MIN_CANDIDATE_NODES_PERCENTAGE / 100)
+        .max(MIN_CANDIDATE_NODES_ABSOLUTE)
+        .min(nodes)
 }
 
 /// Upstream's `pickOneNodeForPreemption`, as a sort key (smallest wins;
@@ -387,13 +407,54 @@ mod tests {
         )
         .expect_err("nothing fits");
         let pdbs: Vec<&PodDisruptionBudget> = pdbs.iter().collect();
-        preempt(&profile, p, &refs, &cluster, &pdbs, &fit)
+        preempt(&profile, p, &refs, &cluster, &pdbs, &fit, 0)
     }
 
     fn victims(c: &Candidate) -> Vec<&str> {
         let mut v: Vec<&str> = c.victims.iter().map(|v| v.name()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn the_dry_run_stops_after_enough_candidates_from_a_random_offset() {
+        assert_eq!(candidates_to_find(50), 50);
+        assert_eq!(candidates_to_find(500), 100);
+        assert_eq!(candidates_to_find(5000), 500);
+        // 150 nodes: n000..n149 need two victims each, except n120 which
+        // needs one (the best candidate). From offset 0 the dry run stops
+        // after 100 candidates and never sees n120; from offset 110 it does.
+        let nodes: Vec<NodeInfo> = (0..150)
+            .map(|i| {
+                let name = format!("n{i:03}");
+                // Nodes have 4 cpu; the preemptor asks for all of it.
+                let pods = if i == 120 {
+                    vec![prio_pod(&format!("{name}-a"), "4", 0)]
+                } else {
+                    vec![
+                        prio_pod(&format!("{name}-a"), "2", 0),
+                        prio_pod(&format!("{name}-b"), "2", 0),
+                    ]
+                };
+                node_with_named(&name, json!({}), &pods)
+            })
+            .collect();
+        let p = prio_pod("p", "4", 10);
+        let profile = default_profile();
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let cluster = ClusterInfo::default();
+        let snapshot = Snapshot {
+            nodes: &refs,
+            cluster: &cluster,
+        };
+        let fit = schedule_pod(&profile, &p, &snapshot, 0, &mut |_| 0).expect_err("nothing fits");
+        let from = |offset| preempt(&profile, &p, &refs, &cluster, &[], &fit, offset).unwrap();
+        let c = from(0);
+        assert!(c.node.as_str() < "n100", "{}", c.node);
+        assert_eq!(c.victims.len(), 2);
+        let c = from(110);
+        assert_eq!(c.node, "n120");
+        assert_eq!(c.victims.len(), 1);
     }
 
     #[test]

@@ -433,7 +433,16 @@ impl Scheduler {
                     let budgets = self.pdbs.list();
                     let pdbs: Vec<&PodDisruptionBudget> =
                         budgets.iter().map(AsRef::as_ref).collect();
-                    match preempt(&self.profile, &info, &infos, &self.cluster, &pdbs, &fit) {
+                    let offset = fastrand::usize(..infos.len());
+                    match preempt(
+                        &self.profile,
+                        &info,
+                        &infos,
+                        &self.cluster,
+                        &pdbs,
+                        &fit,
+                        offset,
+                    ) {
                         Ok(candidate) => {
                             tracing::info!(
                                 pod = %key,
