@@ -15,7 +15,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Whether netexec's `/healthz` fails (set by `/fail-healthz`, cleared by
+/// `/heal`).
+static UNHEALTHY: AtomicBool = AtomicBool::new(false);
 
 const USAGE: &str = "usage: skiff-testbin <command> [args]
 commands:
@@ -36,10 +41,14 @@ commands:
   hostname                       print the hostname
   env NAME                       print the value of environment variable NAME
   connect HOST:PORT              exit 0 when a TCP connection succeeds, 1 otherwise
+  http-get URL                   GET http://HOST:PORT/PATH, print the body; exit 1
+                                 on a connection error or a non-200 status
+  lookup NAME                    resolve NAME (the libc resolver), print each address
   alloc-memory MIB               allocate and touch MIB MiB, then sleep forever
   netexec [--http-port P] [--tcp-port P]
                                  HTTP server (/, /hostname, /healthz, /echo?msg=,
-                                 /exit?code=N, /env?name=) and a TCP echo server";
+                                 /exit?code=N, /env?name=, /fail-healthz and /heal
+                                 toggle /healthz) and a TCP echo server";
 
 extern "C" fn on_term(_signal: libc::c_int) {
     // Async-signal-safe: only _exit.
@@ -164,6 +173,19 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
         "connect" => {
             let target = arg(args, 0)?;
             Ok(if connect(target) { 0 } else { 1 })
+        }
+        "http-get" => http_get(arg(args, 0)?),
+        "lookup" => {
+            let addrs = (arg(args, 0)?, 0)
+                .to_socket_addrs()
+                .map_err(|e| format!("lookup: {e}"))?;
+            let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            for ip in ips {
+                println!("{ip}");
+            }
+            Ok(0)
         }
         "alloc-memory" => {
             let mib: usize = arg(args, 0)?.parse().map_err(|e| format!("bad MIB: {e}"))?;
@@ -447,6 +469,44 @@ fn connect(target: &str) -> bool {
         .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
 }
 
+/// A minimal HTTP/1.0 GET of `http://HOST:PORT/PATH`; prints the body.
+fn http_get(url: &str) -> Result<u8, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs: {url}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed response: {response:?}"))?;
+    print!("{body}");
+    let _ = std::io::stdout().flush();
+    let status = head.lines().next().unwrap_or_default();
+    Ok(if status.split_whitespace().nth(1) == Some("200") {
+        0
+    } else {
+        eprintln!("{status}");
+        1
+    })
+}
+
 fn netexec(args: &[String]) -> Result<u8, String> {
     let mut http_port: u16 = 8080;
     let mut tcp_port: Option<u16> = None;
@@ -529,7 +589,19 @@ fn serve_http(stream: TcpStream) -> std::io::Result<()> {
     let mut exit_code = None;
     let (status, body) = match path {
         "/" | "/hostname" => ("200 OK", hostname()),
+        "/healthz" if UNHEALTHY.load(Ordering::SeqCst) => {
+            ("503 Service Unavailable", "failing".to_string())
+        }
         "/healthz" => ("200 OK", "ok".to_string()),
+        // Toggles for readiness and liveness tests, like agnhost's.
+        "/fail-healthz" => {
+            UNHEALTHY.store(true, Ordering::SeqCst);
+            ("200 OK", "healthz now fails".to_string())
+        }
+        "/heal" => {
+            UNHEALTHY.store(false, Ordering::SeqCst);
+            ("200 OK", "healthz now succeeds".to_string())
+        }
         "/echo" => ("200 OK", param("msg")),
         "/env" => ("200 OK", std::env::var(param("name")).unwrap_or_default()),
         "/exit" => match param("code").parse::<i32>() {

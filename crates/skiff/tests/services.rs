@@ -1,0 +1,383 @@
+//! End to end, as root: service networking and the cluster DNS, with
+//! `skiff server` in a network namespace of the test's own (see
+//! `common`), driven by the real kubectl. A NodePort answers on the node
+//! address from the host and stops answering once its service is deleted;
+//! pods resolve cluster names (search path, ClusterIP, headless) through
+//! their resolv.conf; `sessionAffinity: ClientIP` pins a client to one
+//! endpoint while without it requests spread over both; a pod that turns
+//! unready leaves its service's rotation within 2 s, and comes back.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{Cluster, path_str};
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: netexec
+        image: skiff.test/testbin:1
+        imagePullPolicy: Never
+        args: ["netexec", "--http-port", "8080"]
+        ports: [{containerPort: 8080, name: http}]
+        readinessProbe:
+          httpGet: {path: /healthz, port: http}
+          periodSeconds: 1
+"#;
+
+const CLIENT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  containers:
+  - name: client
+    image: skiff.test/testbin:1
+    imagePullPolicy: Never
+    args: ["pause"]
+"#;
+
+/// The cluster with the two `web` pods Ready (and, with `client`, a client
+/// pod Ready too); returns the web pods' names and IPs.
+fn start_with_web(client: bool) -> Result<(Cluster, Vec<(String, String)>)> {
+    let cluster = Cluster::start()?;
+    let file = cluster.write("web.yaml", WEB)?;
+    cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    if client {
+        let file = cluster.write("client.yaml", CLIENT)?;
+        cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    }
+    cluster.ok(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    if client {
+        cluster.ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/client",
+            "--timeout=120s",
+        ])?;
+    }
+    let pods: serde_json::Value =
+        serde_json::from_str(&cluster.ok(&["get", "pods", "-l", "app=web", "-o", "json"])?)?;
+    let mut web = Vec::new();
+    for pod in pods["items"].as_array().context("items")? {
+        web.push((
+            pod["metadata"]["name"]
+                .as_str()
+                .context("name")?
+                .to_string(),
+            pod["status"]["podIP"]
+                .as_str()
+                .context("podIP")?
+                .to_string(),
+        ));
+    }
+    ensure!(web.len() == 2, "{pods}");
+    Ok((cluster, web))
+}
+
+fn cluster_ip(cluster: &Cluster, service: &str) -> Result<String> {
+    let ip = cluster.ok(&[
+        "get",
+        "service",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let ip = ip.trim().to_string();
+    ensure!(ip.starts_with("10.43."), "{service}: clusterIP {ip:?}");
+    Ok(ip)
+}
+
+/// `/testbin ARGS` in the client pod: (success, stdout, stderr).
+fn in_client(cluster: &Cluster, args: &[&str]) -> Result<(bool, String, String)> {
+    let mut all = vec!["exec", "client", "--", "/testbin"];
+    all.extend_from_slice(args);
+    let out = cluster.kubectl(&all)?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Retries `/testbin http-get URL` in the client pod until it succeeds
+/// (the proxy's rules follow the service within seconds); returns the body.
+fn client_get(cluster: &Cluster, url: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body, err) = in_client(cluster, &["http-get", url])?;
+        if ok {
+            return Ok(body.trim().to_string());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "GET {url} from the client pod kept failing: {body}{err}\n{}",
+                cluster.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `testbin http-get URL` run by the host, inside the test's namespace.
+fn host_get(cluster: &Cluster, url: &str) -> Result<(bool, String, String)> {
+    let out = cluster
+        .netns
+        .command(skiff_testing::testbin_binary()?)
+        .args(["http-get", url])
+        .output()
+        .context("running testbin http-get")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_node_port_answers_on_the_node_address_until_its_service_is_deleted() -> Result<()> {
+    let (cluster, web) = start_with_web(false)?;
+    let names: BTreeSet<&str> = web.iter().map(|(n, _)| n.as_str()).collect();
+    cluster.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ])?;
+    let port = cluster.ok(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])?;
+    let port: u16 = port
+        .trim()
+        .parse()
+        .with_context(|| format!("nodePort {port:?}"))?;
+    ensure!((30000..=32767).contains(&port), "nodePort {port}");
+    let url = format!("http://10.99.0.1:{port}/hostname");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body, err) = host_get(&cluster, &url)?;
+        if ok {
+            ensure!(
+                names.contains(body.as_str()),
+                "{url} answered {body:?}, not one of {names:?}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} never answered from the host: {body}{err}\n{}",
+            cluster.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Deleting the service removes its rules: the port stops answering.
+    cluster.ok(&["delete", "service", "web"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, body, err) = host_get(&cluster, &url)?;
+        if !ok {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} still answers 10 s after the service was deleted: {body}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}
+
+#[test]
+fn pods_resolve_services_through_the_cluster_dns() -> Result<()> {
+    let (cluster, web) = start_with_web(true)?;
+    let svc = cluster.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n\
+         ---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web-headless}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 8080}]\n",
+    )?;
+    cluster.ok(&["apply", "-f", path_str(&svc)?])?;
+    let ip = cluster_ip(&cluster, "web")?;
+    let mut pod_ips: Vec<String> = web.iter().map(|(_, ip)| ip.clone()).collect();
+    pod_ips.sort();
+
+    let cases = [
+        ("kubernetes.default", vec!["10.43.0.1".to_string()]),
+        ("web.default.svc.cluster.local", vec![ip.clone()]),
+        ("web", vec![ip.clone()]),
+        ("web-headless.default.svc.cluster.local", pod_ips),
+    ];
+    for (name, want) in &cases {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = in_client(&cluster, &["lookup", name])?;
+            let got: Vec<String> = out.lines().map(str::to_string).collect();
+            if ok && &got == want {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "lookup {name} printed {out:?} (want {want:?}): {err}\n{}",
+                cluster.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // The name works end to end: the service answers through it.
+    let body = client_get(&cluster, "http://web.default.svc.cluster.local:80/hostname")?;
+    ensure!(web.iter().any(|(n, _)| *n == body), "{body:?}");
+    // An unknown name does not resolve.
+    let (ok, out, _) = in_client(
+        &cluster,
+        &["lookup", "nothing-here.default.svc.cluster.local"],
+    )?;
+    ensure!(!ok, "an unknown service resolved: {out}");
+
+    cluster.ok(&["delete", "service", "web", "web-headless"])?;
+    Ok(())
+}
+
+#[test]
+fn client_ip_affinity_pins_a_client_to_one_pod_and_without_it_both_answer() -> Result<()> {
+    let (cluster, web) = start_with_web(true)?;
+    let svc = cluster.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: 8080}]\n\
+         ---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: spread}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )?;
+    cluster.ok(&["apply", "-f", path_str(&svc)?])?;
+    let names: BTreeSet<String> = web.iter().map(|(n, _)| n.clone()).collect();
+
+    let sticky = format!("http://{}:80/hostname", cluster_ip(&cluster, "sticky")?);
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(client_get(&cluster, &sticky)?);
+    }
+    ensure!(
+        seen.len() == 1 && seen.is_subset(&names),
+        "with ClientIP affinity one client reached {seen:?} (pods {names:?})"
+    );
+
+    let spread = format!("http://{}:80/hostname", cluster_ip(&cluster, "spread")?);
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(client_get(&cluster, &spread)?);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    ensure!(
+        seen == names,
+        "without affinity 30 requests reached {seen:?}, not both of {names:?}"
+    );
+
+    cluster.ok(&["delete", "service", "sticky", "spread"])?;
+    Ok(())
+}
+
+/// The pod's `Ready` condition status.
+fn ready_status(cluster: &Cluster, pod: &str) -> Result<String> {
+    Ok(cluster
+        .ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])?
+        .trim()
+        .to_string())
+}
+
+/// Waits until the pod's `Ready` condition is `want`.
+fn wait_ready(cluster: &Cluster, pod: &str, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready_status(cluster, pod)? != want {
+        if Instant::now() > deadline {
+            bail!(
+                "pod {pod} never became Ready={want}\n{}",
+                cluster.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pod_that_turns_unready_leaves_the_rotation_within_two_seconds() -> Result<()> {
+    let (cluster, web) = start_with_web(true)?;
+    let svc = cluster.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )?;
+    cluster.ok(&["apply", "-f", path_str(&svc)?])?;
+    let url = format!("http://{}:80/hostname", cluster_ip(&cluster, "web")?);
+    let names: BTreeSet<String> = web.iter().map(|(n, _)| n.clone()).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(client_get(&cluster, &url)?);
+        if seen == names {
+            break;
+        }
+    }
+    ensure!(
+        seen == names,
+        "before: requests reached {seen:?}, not {names:?}"
+    );
+
+    // The first pod's readiness probe starts failing (netexec's toggle).
+    let (sick, sick_ip) = &web[0];
+    let toggle = format!("http://{sick_ip}:8080/fail-healthz");
+    client_get(&cluster, &toggle)?;
+    wait_ready(&cluster, sick, "False")?;
+    // Within 2 s of the pod showing unready, the service stops sending to it.
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..20 {
+        let who = client_get(&cluster, &url)?;
+        ensure!(
+            &who != sick,
+            "{sick} is unready but still answered through the service"
+        );
+    }
+
+    // Healthy again: it comes back into the rotation.
+    client_get(&cluster, &format!("http://{sick_ip}:8080/heal"))?;
+    wait_ready(&cluster, sick, "True")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if &client_get(&cluster, &url)? == sick {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{sick} is Ready again but not back in the rotation"
+        );
+    }
+    cluster.ok(&["delete", "service", "web"])?;
+    Ok(())
+}
