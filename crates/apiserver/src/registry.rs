@@ -760,6 +760,44 @@ pub(crate) fn namespaces_def() -> &'static ResourceDef {
     resources::find("", "v1", "namespaces").unwrap_or(&resources::RESOURCES[0])
 }
 
+/// A Secret's `stringData` is write-only: as Kubernetes' v1 conversion
+/// does, its entries are merged into `data` (base64-encoded, overriding
+/// keys already there) and it is not stored. A `stringData` that is not a
+/// map of strings is left for validation to reject.
+fn fold_string_data(def: &ResourceDef, obj: &mut Value) {
+    if (def.group, def.plural) != ("", "secrets") {
+        return;
+    }
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let well_formed = match map.get("stringData") {
+        Some(Value::Object(sd)) => sd.values().all(Value::is_string),
+        Some(Value::Null) => {
+            map.remove("stringData");
+            return;
+        }
+        _ => false,
+    };
+    if !well_formed {
+        return;
+    }
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    if !map.get("data").is_some_and(Value::is_object) {
+        map.insert("data".into(), json!({}));
+    }
+    if let Some(Value::Object(data)) = map.get_mut("data") {
+        for (k, v) in string_data {
+            if let Value::String(text) = v {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                data.insert(k, Value::String(encoded));
+            }
+        }
+    }
+}
+
 /// The per-kind defaulting done so far (Kubernetes defaults many more
 /// fields; typed defaulting comes with the API types).
 fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
@@ -777,6 +815,7 @@ fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
         }
         ("", "services") => default_service(obj),
         ("", "secrets") => {
+            fold_string_data(def, obj);
             if let Some(map) = obj.as_object_mut()
                 && map
                     .get("type")
@@ -944,6 +983,7 @@ async fn commit_update(
         }
         Some(Subresource::Scale | Subresource::Finalize) | None => {
             crate::namespaces::prepare_update(def, sub, old, &mut new);
+            fold_string_data(def, &mut new);
             if let (true, Some(m)) = (
                 def.has_subresource(Subresource::Status),
                 new.as_object_mut(),
@@ -1981,6 +2021,30 @@ pub async fn ensure_system_namespaces(state: &AppState) -> ApiResult<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let secrets = resources::find("", "v1", "secrets").expect("secrets");
+        let configmaps = resources::find("", "v1", "configmaps").expect("configmaps");
+        let mut obj = json!({"data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "pw": "s3cret"}});
+        fold_string_data(secrets, &mut obj);
+        assert_eq!(
+            obj,
+            json!({"data": {"a": "bmV3", "keep": "eA==", "pw": "czNjcmV0"}})
+        );
+        let mut obj = json!({"stringData": {"pw": "x"}});
+        fold_string_data(secrets, &mut obj);
+        assert_eq!(obj, json!({"data": {"pw": "eA=="}}));
+        // Not a map of strings: left for validation to reject.
+        let mut bad = json!({"stringData": {"pw": 1}});
+        fold_string_data(secrets, &mut bad);
+        assert_eq!(bad, json!({"stringData": {"pw": 1}}));
+        // Other kinds are untouched.
+        let mut cm = json!({"stringData": {"a": "b"}});
+        fold_string_data(configmaps, &mut cm);
+        assert_eq!(cm, json!({"stringData": {"a": "b"}}));
+    }
+
     use super::*;
 
     #[test]

@@ -311,3 +311,110 @@ fn a_restarted_agent_adopts_the_running_containers() -> Result<()> {
     delete_and_wait(&cluster, "second")?;
     delete_and_wait(&cluster, "steady")
 }
+
+const CONFIGURED: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello-from-configmap}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: configured
+  labels: {tier: demo}
+spec:
+  containers:
+  - name: c
+    image: skiff.test/testbin:1
+    imagePullPolicy: Never
+    args: ["pause"]
+    env:
+    - {name: PLAIN, value: plain-value}
+    - name: FROM_CM
+      valueFrom: {configMapKeyRef: {name: settings, key: greeting}}
+    - name: FROM_SECRET
+      valueFrom: {secretKeyRef: {name: creds, key: password}}
+    - name: MY_POD
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: MEM_LIMIT
+      valueFrom: {resourceFieldRef: {resource: limits.memory}}
+    resources:
+      limits: {memory: 64Mi}
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: cm, mountPath: /etc/cm}
+    - {name: sec, mountPath: /etc/sec}
+    - {name: info, mountPath: /etc/info}
+    - {name: proj, mountPath: /etc/proj}
+  volumes:
+  - name: scratch
+    emptyDir: {medium: Memory}
+  - name: cm
+    configMap: {name: settings}
+  - name: sec
+    secret: {secretName: creds}
+  - name: info
+    downwardAPI:
+      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]
+  - name: proj
+    projected:
+      sources:
+      - configMap: {name: settings, items: [{key: greeting, path: g}]}
+      - secret: {name: creds, items: [{key: password, path: p}]}
+"#;
+
+#[test]
+fn env_and_volumes_are_visible_inside_the_container() -> Result<()> {
+    let cluster = Cluster::start()?;
+    apply(&cluster, "configured", CONFIGURED)?;
+    wait_pod(
+        &cluster,
+        "configured",
+        Duration::from_secs(60),
+        "Running",
+        |p| p["status"]["containerStatuses"][0]["state"]["running"].is_object(),
+    )?;
+    let inside = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["exec", "configured", "--", "/testbin"];
+        all.extend_from_slice(args);
+        Ok(cluster.ok(&all)?.trim().to_string())
+    };
+    for (var, want) in [
+        ("PLAIN", "plain-value"),
+        ("FROM_CM", "hello-from-configmap"),
+        ("FROM_SECRET", "s3cret"),
+        ("MY_POD", "configured"),
+        ("MEM_LIMIT", "67108864"),
+    ] {
+        let got = inside(&["env", var])?;
+        ensure!(got == want, "{var}={got:?}, want {want:?}");
+    }
+    for (file, want) in [
+        ("/etc/cm/greeting", "hello-from-configmap"),
+        ("/etc/sec/password", "s3cret"),
+        ("/etc/info/labels", "tier=\"demo\""),
+        ("/etc/proj/g", "hello-from-configmap"),
+        ("/etc/proj/p", "s3cret"),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+            "default",
+        ),
+    ] {
+        let got = inside(&["cat", file])?;
+        ensure!(got == want, "{file}: {got:?}, want {want:?}");
+    }
+    // The memory-backed emptyDir is writable (a file copied in with tar).
+    let local = cluster.write("note.txt", "scratch works\n")?;
+    cluster.ok(&["cp", path_str(&local)?, "configured:/scratch/note.txt"])?;
+    ensure!(inside(&["cat", "/scratch/note.txt"])? == "scratch works");
+    delete_and_wait(&cluster, "configured")?;
+    cluster.ok(&["delete", "configmap", "settings"])?;
+    cluster.ok(&["delete", "secret", "creds"])?;
+    Ok(())
+}
