@@ -316,57 +316,15 @@ where
     };
     let (read_half, write_half) = tokio::io::split(io);
     let (out_tx, out_rx) = mpsc::channel::<Frame>(64);
-    let writer = tokio::spawn(write_frames(write_half, encoder, out_rx));
+    let writer = tokio::spawn(spdy::write_frames(write_half, encoder, out_rx));
     let (in_tx, in_rx) = mpsc::channel(16);
-    let reader = tokio::spawn(read_frames(read_half, in_tx));
+    let reader = tokio::spawn(spdy::read_frames(read_half, in_tx));
     let mut session = Session::new(out_tx, dialer);
     session.run(in_rx).await;
     reader.abort();
     session.close();
     drop(session);
     let _ = writer.await;
-}
-
-async fn read_frames<R: AsyncRead + Unpin>(
-    mut r: R,
-    frames: mpsc::Sender<Result<Frame, spdy::Error>>,
-) {
-    let mut decoder = spdy::Decoder::new();
-    loop {
-        let next = decoder.read(&mut r).await;
-        let end = !matches!(next, Ok(Some(_)));
-        let item = match next {
-            Ok(Some(f)) => Ok(f),
-            Ok(None) => return,
-            Err(e) => Err(e),
-        };
-        if frames.send(item).await.is_err() || end {
-            return;
-        }
-    }
-}
-
-async fn write_frames<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut encoder: spdy::Encoder,
-    mut frames: mpsc::Receiver<Frame>,
-) {
-    while let Some(frame) = frames.recv().await {
-        let bytes = match encoder.encode(&frame) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "port-forward: encoding a frame");
-                break;
-            }
-        };
-        if w.write_all(&bytes).await.is_err() {
-            break;
-        }
-        if frames.is_empty() && w.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version in every control frame.
 pub const VERSION: u16 = 3;
@@ -820,6 +820,52 @@ fn control(out: &mut Vec<u8>, kind: u16, flags: u8, len: usize) -> Result<()> {
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&((u32::from(flags) << 24) | len as u32).to_be_bytes());
     Ok(())
+}
+
+/// Reads frames from one direction of a SPDY connection into `frames`
+/// until the connection ends; a decoding error is passed on and ends it.
+pub async fn read_frames<R: AsyncRead + Unpin>(
+    mut r: R,
+    frames: tokio::sync::mpsc::Sender<Result<Frame>>,
+) {
+    let mut decoder = Decoder::new();
+    loop {
+        let next = decoder.read(&mut r).await;
+        let end = !matches!(next, Ok(Some(_)));
+        let item = match next {
+            Ok(Some(f)) => Ok(f),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if frames.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// Writes the frames it receives to the other direction of a SPDY
+/// connection (flushing when none wait), then shuts that direction down.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut encoder: Encoder,
+    mut frames: tokio::sync::mpsc::Receiver<Frame>,
+) {
+    while let Some(frame) = frames.recv().await {
+        let bytes = match encoder.encode(&frame) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "spdy: encoding a frame");
+                break;
+            }
+        };
+        if w.write_all(&bytes).await.is_err() {
+            break;
+        }
+        if frames.is_empty() && w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 #[cfg(test)]
