@@ -549,37 +549,110 @@ pub(crate) fn now_rfc3339() -> String {
 /// A stored object as clients see it: `apiVersion`/`kind` set and
 /// `metadata.resourceVersion` from the key's revision.
 pub(crate) fn present(def: &ResourceDef, value: &[u8], revision: Revision) -> ApiResult<Value> {
-    let mut obj: Value = serde_json::from_slice(value)
+    let obj: Value = serde_json::from_slice(value)
         .map_err(|e| ApiError::Internal(format!("stored object is not JSON: {e}")))?;
     if !obj.is_object() {
         return Err(ApiError::Internal(
             "stored object is not a JSON object".into(),
         ));
     }
+    Ok(present_value(def, obj, revision))
+}
+
+/// An object as the API shows it: `apiVersion` and `kind` of its resource
+/// and `resourceVersion` = `revision`. A write answers with the object it
+/// stored through this, without parsing the stored bytes back.
+pub(crate) fn present_value(def: &ResourceDef, mut obj: Value, revision: Revision) -> Value {
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(def.api_version()));
         map.insert("kind".into(), Value::String(def.kind.into()));
     }
-    meta_mut(&mut obj).insert(
+    let meta = meta_mut(&mut obj);
+    meta.remove("selfLink");
+    meta.insert(
         "resourceVersion".into(),
         Value::String(revision.to_string()),
     );
-    Ok(obj)
+    obj
 }
 
 pub(crate) fn present_kv(def: &ResourceDef, kv: &KeyValue) -> ApiResult<Value> {
     present(def, &kv.value, kv.mod_revision)
 }
 
-/// The bytes stored for an object: without `resourceVersion` and `selfLink`.
+/// Metadata fields that are never stored.
+fn unstored_meta(key: &str) -> bool {
+    key == "resourceVersion" || key == "selfLink"
+}
+
+/// The bytes stored for an object: without `resourceVersion` and `selfLink`
+/// (serialised skipping them, not from a copy of the object).
 pub(crate) fn encode(obj: &Value) -> ApiResult<Bytes> {
-    let mut obj = obj.clone();
-    let m = meta_mut(&mut obj);
-    m.remove("resourceVersion");
-    m.remove("selfLink");
-    serde_json::to_vec(&obj)
+    serde_json::to_vec(&Stored(obj))
         .map(Bytes::from)
         .map_err(|e| ApiError::Internal(format!("encoding object: {e}")))
+}
+
+/// Serialises an object as [`encode`] stores it.
+struct Stored<'a>(&'a Value);
+
+/// Serialises metadata without the fields that are never stored.
+struct StoredMeta<'a>(&'a Value);
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(map) = self.0.as_object() else {
+            return self.0.serialize(s);
+        };
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            if k == "metadata" {
+                out.serialize_entry(k, &StoredMeta(v))?;
+            } else {
+                out.serialize_entry(k, v)?;
+            }
+        }
+        out.end()
+    }
+}
+
+impl serde::Serialize for StoredMeta<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(map) = self.0.as_object() else {
+            return self.0.serialize(s);
+        };
+        let mut out = s.serialize_map(None)?;
+        for (k, v) in map.iter().filter(|(k, _)| !unstored_meta(k)) {
+            out.serialize_entry(k, v)?;
+        }
+        out.end()
+    }
+}
+
+/// Whether two objects would be stored as the same bytes: equal but for
+/// the metadata that is never stored. Objects are `BTreeMap`s, so maps
+/// compare entry by entry in key order.
+fn same_when_stored(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+            ka == kb
+                && if ka == "metadata" {
+                    match (va.as_object(), vb.as_object()) {
+                        (Some(ma), Some(mb)) => ma
+                            .iter()
+                            .filter(|(k, _)| !unstored_meta(k))
+                            .eq(mb.iter().filter(|(k, _)| !unstored_meta(k))),
+                        _ => va == vb,
+                    }
+                } else {
+                    va == vb
+                }
+        })
 }
 
 pub(crate) fn not_found(def: &ResourceDef, name: &str) -> ApiError {
@@ -739,7 +812,7 @@ pub async fn create(
         .create(&key, encode(&obj)?, put_options(def))
         .await
     {
-        Ok(kv) => present_kv(def, &kv),
+        Ok(kv) => Ok(present_value(def, obj, kv.mod_revision)),
         Err(StoreError::AlreadyExists { .. }) => Err(ApiError::AlreadyExists {
             resource: GroupResource::of(def),
             name,
@@ -1031,13 +1104,10 @@ async fn commit_update(
     }
     let mut new_obj = new_obj;
     ownership.record(def, Some(old), &mut new_obj, sub);
-    let new_bytes = encode(&new_obj)?;
-    let old_bytes = encode(old)?;
-    let unchanged = serde_json::from_slice::<Value>(&new_bytes).ok()
-        == serde_json::from_slice::<Value>(&old_bytes).ok();
-    if unchanged {
+    if same_when_stored(&new_obj, old) {
         return Ok(Write::Done(present_kv(def, current)?));
     }
+    let new_bytes = encode(&new_obj)?;
     // The last finalizer removed from an object being deleted: it goes.
     let remove = crate::deletion::should_delete_during_update(def, old, &new_obj);
     if dry_run {
@@ -1054,7 +1124,7 @@ async fn commit_update(
             .delete(&current.key, Some(current.mod_revision))
             .await
         {
-            Ok(deleted) => Ok(Write::Done(present(def, &new_bytes, deleted.revision)?)),
+            Ok(deleted) => Ok(Write::Done(present_value(def, new_obj, deleted.revision))),
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(Write::Retry),
             Err(e) => Err(e.into()),
         };
@@ -1069,7 +1139,7 @@ async fn commit_update(
         )
         .await
     {
-        Ok(kv) => Ok(Write::Done(present_kv(def, &kv)?)),
+        Ok(kv) => Ok(Write::Done(present_value(def, new_obj, kv.mod_revision))),
         Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(Write::Retry),
         Err(e) => Err(e.into()),
     }
@@ -1686,7 +1756,7 @@ async fn watch(
     let watching = state
         .metrics()
         .watch_started(def.group, def.version, def.plural);
-    if let Some(cache) = cache {
+    if let Some(cache) = cache.clone() {
         let from_cache = match start {
             crate::listoptions::WatchStart::Replay {
                 end_bookmark,
@@ -1743,7 +1813,8 @@ async fn watch(
     let opened = store.watch(&spec.prefix, start).await;
     tokio::spawn(async move {
         let _watching = watching;
-        let deadline = tokio::time::sleep(spec.timeout);
+        let ends = tokio::time::Instant::now() + spec.timeout;
+        let deadline = tokio::time::sleep_until(ends);
         tokio::pin!(deadline);
         let mut encoder = WatchEncoder::new(def, spec.output);
         for (kind, obj) in initial {
@@ -1771,6 +1842,18 @@ async fn watch(
             }
         };
         loop {
+            // Caught up with the cache's window (a watcher that fell out of
+            // it and came back from an older revision, once it has read
+            // that far): the rest comes from the cache, where an event is
+            // presented once for every watcher instead of parsed twice for
+            // this one.
+            if let Some(cache) = cache.as_ref().filter(|c| c.covers(seen)) {
+                let mut spec = spec;
+                spec.timeout = ends.saturating_duration_since(tokio::time::Instant::now());
+                drop(stream);
+                watch_cache_loop(spec, cache.clone(), seen, Vec::new(), false, tx).await;
+                return;
+            }
             let next = tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,

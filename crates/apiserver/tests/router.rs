@@ -1426,3 +1426,103 @@ async fn many_watchers_share_one_store_watch_and_each_sees_every_matching_change
     ensure!(store.watches.load(std::sync::atomic::Ordering::SeqCst) == started);
     Ok(())
 }
+
+/// A watch from a revision older than the watch cache's window is served
+/// by the store until it has caught up, then by the cache: across that
+/// handover every change arrives exactly once and in order.
+#[tokio::test]
+async fn a_watch_from_before_the_cache_window_catches_up_and_misses_nothing() -> anyhow::Result<()>
+{
+    let f = fixture().await?;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, first) = call_json(&f.app, "POST", cms, Some(configmap("c0", json!({})))).await?;
+    let rv0: i64 = first["metadata"]["resourceVersion"]
+        .as_str()
+        .context("rv")?
+        .parse()?;
+    // Start the cache, then push the first revision out of its window.
+    let (status, _, _) = call(
+        &f.app,
+        "GET",
+        &format!("{cms}?resourceVersion=0"),
+        &[AUTH],
+        vec![],
+    )
+    .await?;
+    ensure!(status == StatusCode::OK);
+    let behind = skiff_apiserver::watchcache::WINDOW + 50;
+    for chunk in (1..=behind).collect::<Vec<_>>().chunks(500) {
+        let writes = chunk.iter().map(|i| {
+            let value = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": format!("c{i}"), "namespace": "default", "uid": format!("u{i}")},
+            });
+            let store = f.store.clone();
+            async move {
+                store
+                    .create(
+                        &format!("/registry/core/configmaps/default/c{i}"),
+                        serde_json::to_vec(&value)?.into(),
+                        Default::default(),
+                    )
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        });
+        for r in futures::future::join_all(writes).await {
+            r?;
+        }
+    }
+
+    let app = f.app.clone();
+    let watch = tokio::spawn(async move {
+        call(
+            &app,
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv0}&timeoutSeconds=4"),
+            &[AUTH],
+            vec![],
+        )
+        .await
+    });
+    // Changes while the watch runs, after it has caught up.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for i in 0..5 {
+        call_json(
+            &f.app,
+            "POST",
+            cms,
+            Some(configmap(&format!("late{i}"), json!({}))),
+        )
+        .await?;
+    }
+    let (status, _, body) = watch.await??;
+    ensure!(status == StatusCode::OK);
+    let events: Vec<Value> = String::from_utf8(body)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let revisions: Vec<i64> = events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse().ok())
+                .context("event without a revision")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        events.len() == behind + 5,
+        "{} events for {} changes",
+        events.len(),
+        behind + 5
+    );
+    ensure!(
+        revisions.windows(2).all(|w| w[0] < w[1]) && revisions[0] > rv0,
+        "revisions out of order or repeated"
+    );
+    ensure!(events.iter().all(|e| e["type"] == "ADDED"));
+    ensure!(events[behind + 4]["object"]["metadata"]["name"] == "late4");
+    Ok(())
+}

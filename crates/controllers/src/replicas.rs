@@ -103,66 +103,75 @@ pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> 
     let want = target.replicas.max(0);
     let empty = BTreeMap::new();
 
-    let mut mine: Vec<&Pod> = Vec::new();
+    // One pass over the pods, reading each pod's fields once: this runs
+    // for every event of every pod an owner has (10,000 pods at 15 syncs/s
+    // in the scale benchmark), and separate passes per count cost a cache
+    // miss per pod each.
+    let mut active: Vec<&Pod> = Vec::new();
+    let mut counts = Counts::default();
+    let mut not_yet_available = false;
     for pod in pods.iter().map(Borrow::borrow) {
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
         let selected = target.selector.matches(labels);
         match controller_ref(&pod.metadata) {
             Some(r) if r.uid == target.uid => {
-                if selected {
-                    mine.push(pod);
-                } else if pod.metadata.deletion_timestamp.is_none() {
-                    plan.release.push(pod.name_any());
+                if !selected {
+                    if pod.metadata.deletion_timestamp.is_none() {
+                        plan.release.push(pod.name_any());
+                    }
+                    continue;
                 }
             }
-            Some(_) => {}
+            Some(_) => continue,
             None => {
-                if selected && is_active(pod) && !target.deleting {
-                    plan.adopt.push(pod.name_any());
-                    mine.push(pod);
+                if !(selected && is_active(pod) && !target.deleting) {
+                    continue;
                 }
+                plan.adopt.push(pod.name_any());
             }
         }
+        if !is_active(pod) {
+            continue;
+        }
+        active.push(pod);
+        if is_ready(pod) {
+            counts.ready += 1;
+            if is_available(pod, target.min_ready_seconds, now) {
+                counts.available += 1;
+            } else {
+                not_yet_available = true;
+            }
+        }
+        if target
+            .template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            counts.fully_labeled += 1;
+        }
     }
-    let mut active: Vec<&Pod> = mine.iter().copied().filter(|p| is_active(p)).collect();
     let have = active.len() as i32;
+    counts.replicas = have;
     if !target.deleting {
         if have < want {
             plan.create = want - have;
         } else if have > want {
-            active.sort_by(|a, b| deletion_order(a, b));
-            plan.delete = active
-                .iter()
-                .take((have - want) as usize)
-                .map(|p| p.name_any())
-                .collect();
+            let excess = (have - want) as usize;
+            // Only the `excess` cheapest pods need finding, and only their
+            // order matters: a selection, then a sort of those, instead of
+            // sorting every pod (scale to 0 sorts nothing).
+            if excess < active.len() {
+                active.select_nth_unstable_by(excess, |a, b| deletion_order(a, b));
+                active.truncate(excess);
+                active.sort_by(|a, b| deletion_order(a, b));
+            }
+            plan.delete = active.iter().map(|p| p.name_any()).collect();
         }
     }
-
-    let ready = active.iter().filter(|p| is_ready(p)).count() as i32;
-    let available = active
-        .iter()
-        .filter(|p| is_available(p, target.min_ready_seconds, now))
-        .count() as i32;
-    if ready > available {
+    if not_yet_available {
         plan.recheck_after = Some(Duration::from_secs(1));
     }
-    let fully_labeled = active
-        .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            target
-                .template_labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .count() as i32;
-    plan.status = Counts {
-        replicas: have,
-        fully_labeled,
-        ready,
-        available,
-    };
+    plan.status = counts;
     plan
 }
 

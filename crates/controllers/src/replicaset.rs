@@ -228,6 +228,21 @@ mod tests {
                 vec![],
             ),
             (
+                "picks the cheapest pods of many on scale-down, in order",
+                rs(2),
+                vec![
+                    running("a"),
+                    owned(pod("r", Some("node"), "Running", Some(20)), "rs-uid"),
+                    owned(pod("u", None, "Pending", None), "rs-uid"),
+                    running("c"),
+                    owned(pod("p", Some("node"), "Pending", None), "rs-uid"),
+                ],
+                0,
+                vec!["u", "p", "r"],
+                vec![],
+                vec![],
+            ),
+            (
                 "adopts matching orphans",
                 rs(2),
                 vec![

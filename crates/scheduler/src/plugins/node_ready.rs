@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1::Taint;
 
-use crate::framework::{CycleState, FilterPlugin, NodeInfo, Plugin, PodInfo, Status};
+use crate::framework::{CycleState, FilterPlugin, NodeInfo, Plugin, PodInfo, Readiness, Status};
 use crate::selectors::tolerations_tolerate;
 
 pub const NAME: &str = "NodeReady";
@@ -28,17 +28,10 @@ impl Plugin for NodeReady {
 
 impl FilterPlugin for NodeReady {
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let ready = node
-            .node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-            .map(|c| c.status.as_str());
-        let key = match ready {
-            Some("True") => return Status::success(),
-            Some("False") => TAINT_NOT_READY,
-            _ => TAINT_UNREACHABLE,
+        let key = match node.ready {
+            Readiness::True => return Status::success(),
+            Readiness::False => TAINT_NOT_READY,
+            Readiness::Unknown => TAINT_UNREACHABLE,
         };
         let taint = Taint {
             key: key.into(),
