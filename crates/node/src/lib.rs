@@ -28,6 +28,7 @@ pub mod node;
 pub mod podnet;
 pub mod pods;
 pub mod portforward;
+pub mod portforward_ws;
 pub mod probe;
 pub mod remotecommand_spdy;
 pub mod resources;

@@ -8,7 +8,9 @@
 //!   portforward.k8s.io`), after which the connection carries SPDY frames;
 //! - a WebSocket whose subprotocol is `SPDY/3.1+portforward.k8s.io`
 //!   (KEP-4006, kubectl ≥ 1.31 tries it first), whose binary messages carry
-//!   the same SPDY byte stream, cut anywhere.
+//!   the same SPDY byte stream, cut anywhere;
+//! - a WebSocket with the older channel protocol (`v4.channel.k8s.io`,
+//!   used by client libraries), served by `portforward_ws.rs`.
 //!
 //! On the SPDY connection each forwarded TCP connection is a pair of
 //! client-opened streams with headers `streamType` (`error` or `data`),
@@ -45,6 +47,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::portforward_ws;
 use crate::server::ServerState;
 use crate::spdy::{self, FLAG_FIN, Frame, Headers};
 use crate::spec;
@@ -174,19 +177,38 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 
 async fn websocket_upgrade(req: Request, dialer: Arc<dyn PodDialer>) -> Response {
     let offered = tokens(req.headers(), header::SEC_WEBSOCKET_PROTOCOL);
-    if !offered.iter().any(|p| p == WEBSOCKET_PROTOCOL) {
+    if offered.iter().any(|p| p == WEBSOCKET_PROTOCOL) {
+        let (mut parts, _body) = req.into_parts();
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade
+                .protocols([WEBSOCKET_PROTOCOL])
+                .on_upgrade(move |socket| serve_websocket(socket, dialer)),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("unable to upgrade: {e}")),
+        };
+    }
+    // The channel protocol: the ports come with the request.
+    let Some((framing, protocol)) = portforward_ws::Framing::negotiate(&offered) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
-                "unable to upgrade: port-forward over a websocket needs the subprotocol {WEBSOCKET_PROTOCOL}, the client offered {offered:?}"
+                "unable to upgrade: port-forward over a websocket needs the subprotocol {WEBSOCKET_PROTOCOL}, {} or {}, the client offered {offered:?}",
+                portforward_ws::PROTOCOL_V4,
+                portforward_ws::PROTOCOL_V4_BASE64,
             ),
         );
-    }
+    };
+    let ports = match portforward_ws::ports_of(req.uri().query().unwrap_or_default()) {
+        Ok(ports) => ports,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let (mut parts, _body) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade
-            .protocols([WEBSOCKET_PROTOCOL])
-            .on_upgrade(move |socket| serve_websocket(socket, dialer)),
+        Ok(mut upgrade) => {
+            if let Some(protocol) = protocol {
+                upgrade = upgrade.protocols([protocol]);
+            }
+            upgrade.on_upgrade(move |socket| portforward_ws::serve(socket, framing, ports, dialer))
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, format!("unable to upgrade: {e}")),
     }
 }

@@ -416,3 +416,91 @@ fn forwarding_to_a_port_nobody_listens_on_reports_kubectls_error() -> Result<()>
     }
     Ok(())
 }
+
+/// The Python client's port-forward: a WebSocket with the channel protocol
+/// (`v4.channel.k8s.io`, ports in the query), not SPDY. An HTTP request
+/// through a forwarded port gets netexec's answer; a port nobody listens on
+/// gets the agent's error on the error channel.
+const PYTHON_PORT_FORWARD: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+config.load_kube_config(config_file=sys.argv[1])
+api = client.CoreV1Api()
+
+pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="8080")
+s = pf.socket(8080)
+s.setblocking(True)
+s.sendall(b"GET /echo?msg=from-python HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+answer = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+s.close()
+print("ANSWER", answer.decode(errors="replace").replace("\r\n", " | "))
+
+pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default", ports="9999")
+s = pf.socket(9999)
+s.setblocking(True)
+while s.recv(4096):
+    pass
+print("ERROR", pf.error(9999))
+"#;
+
+#[test]
+fn the_python_client_forwards_ports_over_the_websocket_channel_protocol() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let _pod = start_pod(&cluster)?;
+    let prefix = std::env::var_os("SKIFF_TEST_PREFIX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/skiff-test"));
+    let python = prefix.join("venv/bin/python");
+    ensure!(
+        python.is_file(),
+        "the Python client is not installed at {}: run scripts/install-deps.sh (as root) first",
+        python.display()
+    );
+    let script = cluster.write("portforward.py", PYTHON_PORT_FORWARD)?;
+    // The WebSocket closes once the forwarded connection has ended; a
+    // server that never closes it would hang the script.
+    let out = cluster
+        .netns
+        .command("timeout")
+        .arg("90")
+        .arg(&python)
+        .arg(&script)
+        .arg(&cluster.server.kubeconfig)
+        .output()
+        .context("running the Python client")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context = || {
+        format!(
+            "stdout:\n{stdout}\nstderr:\n{}\nserver log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.log_tail()
+        )
+    };
+    ensure!(out.status.success(), "the script failed: {}", context());
+    let answer = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ANSWER "))
+        .with_context(context)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("from-python"),
+        "{}",
+        context()
+    );
+    let error = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ERROR "))
+        .with_context(context)?;
+    ensure!(
+        error.contains("error forwarding port 9999"),
+        "{}",
+        context()
+    );
+    Ok(())
+}
