@@ -113,6 +113,7 @@ pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> 
     for pod in pods.iter().map(Borrow::borrow) {
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
         let selected = target.selector.matches(labels);
+        let pod_active = is_active(pod);
         match controller_ref(&pod.metadata) {
             Some(r) if r.uid == target.uid => {
                 if !selected {
@@ -124,13 +125,13 @@ pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> 
             }
             Some(_) => continue,
             None => {
-                if !(selected && is_active(pod) && !target.deleting) {
+                if !(selected && pod_active && !target.deleting) {
                     continue;
                 }
                 plan.adopt.push(pod.name_any());
             }
         }
-        if !is_active(pod) {
+        if !pod_active {
             continue;
         }
         active.push(pod);

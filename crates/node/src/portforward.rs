@@ -306,13 +306,7 @@ pub async fn serve_websocket(socket: WebSocket, dialer: Arc<dyn PodDialer>) {
                 }
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
-        let _ = sink.close().await;
+        close_normally(sink).await;
     };
     tokio::join!(serve(ours, dialer), outbound);
     // Our side is closed; the client answers with its close frame.
@@ -322,6 +316,17 @@ pub async fn serve_websocket(socket: WebSocket, dialer: Arc<dyn PodDialer>) {
     {
         inbound.abort();
     }
+}
+
+/// Ends a WebSocket from our side: a normal close frame, then the sink.
+pub(crate) async fn close_normally(mut sink: futures::stream::SplitSink<WebSocket, Message>) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = sink.close().await;
 }
 
 /// Serves one SPDY connection until the client closes it.

@@ -21,14 +21,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use axum::extract::ws::{Message, WebSocket};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::portforward::PodDialer;
+use crate::portforward::{PodDialer, close_normally};
 
 /// The binary channel subprotocol.
 pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
@@ -148,13 +148,7 @@ pub async fn serve(
                 return;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
-        let _ = sink.close().await;
+        close_normally(sink).await;
     });
 
     let mut to_pods = Vec::with_capacity(ports.len());
