@@ -176,11 +176,22 @@ pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> 
     plan
 }
 
+/// What one [`sync`] decided and did.
+#[derive(Debug)]
+pub struct Synced<S> {
+    pub plan: Plan<S>,
+    /// The plan was applied (no write of an earlier sync was missing from
+    /// the cache).
+    pub settled: bool,
+    /// Wall time spent reading the pods and deciding (no API calls): it
+    /// grows with the owner's pods, and [`pace`] waits in proportion.
+    pub cost: Duration,
+}
+
 /// One reconcile of a ReplicaSet or ReplicationController against the pod
 /// cache: reads the pods `owner` controls plus the namespace's orphans,
 /// decides with `decide`, and applies the decision unless writes of an
-/// earlier reconcile are not in the cache yet. Returns the plan and whether
-/// it was applied.
+/// earlier reconcile are not in the cache yet.
 pub async fn sync<S>(
     cache: &Informer<Pod>,
     expectations: &Expectations,
@@ -189,14 +200,51 @@ pub async fn sync<S>(
     namespace: &str,
     template: Option<&PodTemplateSpec>,
     decide: impl FnOnce(&[Arc<Pod>]) -> Plan<S>,
-) -> Result<(Plan<S>, bool), Error> {
+) -> Result<Synced<S>, Error> {
+    let started = std::time::Instant::now();
     let settled = expectations.satisfied(&owner.uid, cache);
     let pods = cache.controlled_or_orphaned(namespace, &owner.uid);
     let plan = decide(&pods);
+    let cost = started.elapsed();
     if settled {
         apply(api, owner, namespace, template, &pods, &plan, expectations).await?;
     }
-    Ok((plan, settled))
+    Ok(Synced {
+        plan,
+        settled,
+        cost,
+    })
+}
+
+/// A sync may cost at most this share of the time between two syncs of
+/// the same owner (one in `PACE_FACTOR + 1`).
+const PACE_FACTOR: u32 = 10;
+/// Syncs cheaper than this do not wait at all.
+const PACE_FROM: Duration = Duration::from_micros(500);
+/// The longest wait, however large the owner.
+const PACE_MAX: Duration = Duration::from_secs(1);
+
+/// How long to wait after a sync that cost `cost` before the owner's next
+/// sync may start: nothing for a small owner, ten times the cost for a
+/// large one (at most a second).
+pub fn pause_after(cost: Duration) -> Option<Duration> {
+    (cost >= PACE_FROM).then(|| (cost * PACE_FACTOR).min(PACE_MAX))
+}
+
+/// Waits [`pause_after`] `cost`, at the end of a reconcile. Every event of
+/// every pod an owner has triggers a sync that reads all of its pods, so an
+/// owner of 10,000 pods that are being scheduled and started asks for
+/// thousands of syncs per second, each over all 10,000. The kube-runtime
+/// `Controller` never runs two reconciles of one object at once and folds
+/// the triggers that arrive meanwhile into one rerun, so waiting here turns
+/// those into one sync per pause with the newest state (as upstream's
+/// EndpointSlice controller batches with `--endpoint-updates-batch-period`),
+/// bounding the controller's share of a core per owner to about
+/// 1/(`PACE_FACTOR` + 1). An isolated event is still handled at once.
+pub async fn pace(cost: Duration) {
+    if let Some(pause) = pause_after(cost) {
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Applies the pod half of a plan: adopt, release, create from `template`
@@ -344,6 +392,27 @@ mod tests {
         ];
         for (name, s, labels, want) in cases {
             assert_eq!(s.matches(labels), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_costly_syncs_wait_in_proportion_to_their_cost() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (
+                "a small owner does not wait",
+                Duration::from_micros(80),
+                None,
+            ),
+            (
+                "a large owner waits ten times its cost",
+                ms(5),
+                Some(ms(50)),
+            ),
+            ("however large, at most a second", ms(400), Some(ms(1000))),
+        ];
+        for (name, cost, want) in cases {
+            assert_eq!(pause_after(cost), want, "{name}");
         }
     }
 

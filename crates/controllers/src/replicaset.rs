@@ -75,7 +75,11 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata)
         .ok_or_else(|| Error::Invalid(name.clone(), "no uid".into()))?;
     let template = rs.spec.as_ref().and_then(|s| s.template.as_ref());
-    let (plan, settled) = replicas::sync(
+    let replicas::Synced {
+        plan,
+        settled,
+        cost,
+    } = replicas::sync(
         &ctx.pods,
         &ctx.expectations,
         &pods,
@@ -103,6 +107,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
         // this again, and this bounds the wait should one be lost.
         next = next.min(Duration::from_secs(1));
     }
+    replicas::pace(cost).await;
     Ok(Action::requeue(next))
 }
 

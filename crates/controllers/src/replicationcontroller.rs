@@ -78,7 +78,11 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Context>) -> Result<
     let owner = owner_ref("v1", "ReplicationController", &rc.metadata)
         .ok_or_else(|| Error::Invalid(name.clone(), "no uid".into()))?;
     let template = rc.spec.as_ref().and_then(|s| s.template.as_ref());
-    let (plan, settled) = replicas::sync(
+    let replicas::Synced {
+        plan,
+        settled,
+        cost,
+    } = replicas::sync(
         &ctx.pods,
         &ctx.expectations,
         &pods,
@@ -104,6 +108,7 @@ async fn reconcile(rc: Arc<ReplicationController>, ctx: Arc<Context>) -> Result<
         // See the ReplicaSet controller.
         next = next.min(Duration::from_secs(1));
     }
+    replicas::pace(cost).await;
     Ok(Action::requeue(next))
 }
 

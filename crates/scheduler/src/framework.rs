@@ -8,7 +8,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 
 use crate::resources::{HostPort, Resource, host_ports, non_zero_requests, pod_requests};
 
@@ -168,6 +168,9 @@ pub struct NodeInfo {
     pub ready: Readiness,
     /// `spec.unschedulable` (cordoned), read once per node update.
     pub unschedulable: bool,
+    /// `spec.taints`, copied once per node update for the same reason
+    /// (empty for most nodes, so the filter touches no other memory).
+    pub taints: Vec<Taint>,
 }
 
 /// The status of a node's `Ready` condition.
@@ -209,6 +212,11 @@ impl NodeInfo {
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         NodeInfo {
             node,
             pods: Vec::new(),
@@ -218,6 +226,7 @@ impl NodeInfo {
             allocatable,
             ready,
             unschedulable,
+            taints,
         }
     }
 

@@ -30,9 +30,10 @@ pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     let Some(spec) = pod.pod.spec.as_ref() else {
         return true;
     };
-    let labels = node.labels();
+    // The node's labels only when the pod asks: this runs for hundreds of
+    // nodes per pod, and most pods ask nothing of them.
     if let Some(sel) = &spec.node_selector
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+        && !sel.iter().all(|(k, v)| node.labels().get(k) == Some(v))
     {
         return false;
     }
@@ -46,7 +47,7 @@ pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
         });
     match required {
         None => true,
-        Some(sel) => node_selector_matches(sel, node.name(), labels),
+        Some(sel) => node_selector_matches(sel, node.name(), node.labels()),
     }
 }
 
