@@ -3,6 +3,7 @@
 //! without `metadata.resourceVersion`, which is the key's `mod_revision` and
 //! is filled in on the way out.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -1923,8 +1924,8 @@ impl WatchSpec {
     }
 }
 
-type WatchTx = tokio::sync::mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
-type WatchRx = tokio::sync::mpsc::Receiver<Result<Bytes, std::convert::Infallible>>;
+type WatchTx = tokio::sync::mpsc::Sender<Result<Bytes, Infallible>>;
+type WatchRx = tokio::sync::mpsc::Receiver<Result<Bytes, Infallible>>;
 
 fn watch_channel() -> (WatchTx, WatchRx) {
     tokio::sync::mpsc::channel(64)
@@ -1938,7 +1939,7 @@ fn bookmark_ticks() -> tokio::time::Interval {
 }
 
 fn watch_response(rx: WatchRx) -> Response {
-    let body = Body::from_stream(tokio_stream_wrapper(rx));
+    let body = Body::from_stream(watch_body(rx));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -2029,10 +2030,33 @@ async fn watch_cache_loop(
     }
 }
 
-fn tokio_stream_wrapper<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// A watch response sends the events already queued as one body chunk, up
+/// to this many bytes.
+const WATCH_CHUNK: usize = 64 * 1024;
+
+/// The body of a watch response: each chunk is the next event plus those
+/// queued behind it (the lines are self-delimiting, so clients do not see
+/// chunk boundaries). Under load a watcher falls a few events behind, and
+/// one chunk for all of them is one HTTP chunk, one TLS record and one
+/// write instead of one each per event: at 5,000 nodes these writes were
+/// a sixth of the server's CPU. A lone event still goes out at once.
+fn watch_body(mut rx: WatchRx) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send {
+    futures::stream::poll_fn(move |cx| {
+        let first = match rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(Ok(line))) => line,
+            other => return other,
+        };
+        let mut chunk: Option<bytes::BytesMut> = None;
+        while chunk.as_ref().map_or(first.len(), |c| c.len()) < WATCH_CHUNK {
+            let Ok(Ok(next)) = rx.try_recv() else {
+                break;
+            };
+            chunk
+                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                .extend_from_slice(&next);
+        }
+        std::task::Poll::Ready(Some(Ok(chunk.map_or(first, bytes::BytesMut::freeze))))
+    })
 }
 
 fn watch_error(e: StoreError) -> Value {
@@ -2104,6 +2128,31 @@ pub async fn ensure_system_namespaces(state: &AppState) -> ApiResult<()> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_watch_body_sends_queued_events_together_and_a_lone_one_at_once() {
+        use futures::StreamExt;
+        let (tx, rx) = watch_channel();
+        let mut body = Box::pin(watch_body(rx));
+        for line in ["{\"a\":1}\n", "{\"b\":2}\n", "{\"c\":3}\n"] {
+            tx.send(Ok(Bytes::from(line))).await.unwrap();
+        }
+        let chunk = body.next().await.unwrap().unwrap();
+        assert_eq!(&chunk[..], b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+        tx.send(Ok(Bytes::from_static(b"{\"d\":4}\n")))
+            .await
+            .unwrap();
+        let chunk = body.next().await.unwrap().unwrap();
+        assert_eq!(&chunk[..], b"{\"d\":4}\n");
+        // A chunk stops growing at WATCH_CHUNK; the rest follows.
+        let big = Bytes::from(vec![b'x'; WATCH_CHUNK / 2 + 1]);
+        for _ in 0..3 {
+            tx.send(Ok(big.clone())).await.unwrap();
+        }
+        drop(tx);
+        let sizes: Vec<usize> = body.map(|c| c.unwrap().len()).collect().await;
+        assert_eq!(sizes, [2 * big.len(), big.len()]);
+    }
+
     #[test]
     fn secret_string_data_is_folded_into_data() {
         let secrets = resources::find("", "v1", "secrets").expect("secrets");
