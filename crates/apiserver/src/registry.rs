@@ -2046,16 +2046,22 @@ fn watch_body(mut rx: WatchRx) -> impl futures::Stream<Item = Result<Bytes, Infa
             std::task::Poll::Ready(Some(Ok(line))) => line,
             other => return other,
         };
-        let mut chunk: Option<bytes::BytesMut> = None;
-        while chunk.as_ref().map_or(first.len(), |c| c.len()) < WATCH_CHUNK {
+        // Copied into a buffer only when a second event is waiting.
+        if first.len() >= WATCH_CHUNK {
+            return std::task::Poll::Ready(Some(Ok(first)));
+        }
+        let Ok(Ok(second)) = rx.try_recv() else {
+            return std::task::Poll::Ready(Some(Ok(first)));
+        };
+        let mut chunk = bytes::BytesMut::from(&first[..]);
+        chunk.extend_from_slice(&second);
+        while chunk.len() < WATCH_CHUNK {
             let Ok(Ok(next)) = rx.try_recv() else {
                 break;
             };
-            chunk
-                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
-                .extend_from_slice(&next);
+            chunk.extend_from_slice(&next);
         }
-        std::task::Poll::Ready(Some(Ok(chunk.map_or(first, bytes::BytesMut::freeze))))
+        std::task::Poll::Ready(Some(Ok(chunk.freeze())))
     })
 }
 

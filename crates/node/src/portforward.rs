@@ -67,6 +67,45 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bytes read from the pod per data frame.
 const CHUNK: usize = 32 * 1024;
 
+/// Writes what the client sends for one port to the pod until the client's
+/// side ends, then shuts the pod's write side (both port-forward protocols).
+pub(crate) async fn client_to_pod(
+    from_client: &mut mpsc::Receiver<Bytes>,
+    pod_write: &mut tokio::net::tcp::OwnedWriteHalf,
+) {
+    while let Some(chunk) = from_client.recv().await {
+        if let Err(e) = pod_write.write_all(&chunk).await {
+            tracing::debug!(error = %e, "port-forward: writing to the pod");
+            break;
+        }
+    }
+    let _ = pod_write.shutdown().await;
+}
+
+/// Sends what the pod writes to the client, one `message` per read, until
+/// the pod's side ends (true) or the client's sender is gone (false).
+pub(crate) async fn pod_to_client<T>(
+    pod_read: &mut tokio::net::tcp::OwnedReadHalf,
+    out: &mpsc::Sender<T>,
+    message: impl Fn(&[u8]) -> T,
+) -> bool {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match pod_read.read(&mut buf).await {
+            Ok(0) => return true,
+            Ok(n) => {
+                if out.send(message(&buf[..n])).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "port-forward: reading from the pod");
+                return true;
+            }
+        }
+    }
+}
+
 /// Opens TCP connections to ports of one pod.
 #[async_trait]
 pub trait PodDialer: Send + Sync + 'static {
@@ -779,36 +818,13 @@ impl Forwarding {
     /// was sent.
     async fn copy(&mut self, tcp: TcpStream) -> bool {
         let (mut pod_read, mut pod_write) = tcp.into_split();
-        let from_client = &mut self.from_client;
-        let to_pod = async move {
-            while let Some(chunk) = from_client.recv().await {
-                if let Err(e) = pod_write.write_all(&chunk).await {
-                    tracing::debug!(error = %e, "port-forward: writing to the pod");
-                    break;
-                }
-            }
-            let _ = pod_write.shutdown().await;
-        };
+        let to_pod = client_to_pod(&mut self.from_client, &mut pod_write);
         let out = self.out.clone();
         let data_stream = self.data_stream;
         let from_pod = async move {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match pod_read.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let frame = Frame::data(data_stream, Bytes::copy_from_slice(&buf[..n]));
-                        if out.send(frame).await.is_err() {
-                            return false;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "port-forward: reading from the pod");
-                        break;
-                    }
-                }
-            }
-            out.send(Frame::fin(data_stream)).await.is_ok()
+            let message = |data: &[u8]| Frame::data(data_stream, Bytes::copy_from_slice(data));
+            pod_to_client(&mut pod_read, &out, message).await
+                && out.send(Frame::fin(data_stream)).await.is_ok()
         };
         tokio::pin!(to_pod, from_pod);
         let (mut to_pod_done, mut fin_sent) = (false, None);

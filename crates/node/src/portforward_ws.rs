@@ -25,18 +25,14 @@ use axum::extract::ws::{Message, WebSocket};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::portforward::{PodDialer, close_normally};
+use crate::portforward::{PodDialer, client_to_pod, close_normally, pod_to_client};
 
 /// The binary channel subprotocol.
 pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
 /// The same with base64 text messages.
 pub const PROTOCOL_V4_BASE64: &str = "v4.base64.channel.k8s.io";
-
-/// Bytes read from the pod per message.
-const CHUNK: usize = 32 * 1024;
 
 /// Which framing the client chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,36 +231,13 @@ async fn forward(
     };
     let (mut pod_read, mut pod_write) = tcp.into_split();
     let to_pod = async move {
-        while let Some(chunk) = from_client.recv().await {
-            if pod_write.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        let _ = pod_write.shutdown().await;
+        client_to_pod(&mut from_client, &mut pod_write).await;
         // The client can still read what the pod sends.
         std::future::pending::<()>().await;
     };
-    let from_pod = async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match pod_read.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if out
-                        .send(framing.message(data_channel, &buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "port-forward: reading from the pod");
-                    break;
-                }
-            }
-        }
-    };
+    let from_pod = pod_to_client(&mut pod_read, &out, |data| {
+        framing.message(data_channel, data)
+    });
     tokio::select! {
         _ = to_pod => {}
         _ = from_pod => {}

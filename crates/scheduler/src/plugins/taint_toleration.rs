@@ -2,7 +2,7 @@
 //! tolerated (filter); untolerated `PreferNoSchedule` taints make a node
 //! less attractive (score, reversed: fewer is better).
 
-use k8s_openapi::api::core::v1::{Taint, Toleration};
+use k8s_openapi::api::core::v1::Toleration;
 
 use crate::framework::{
     CycleState, FilterPlugin, NodeInfo, Plugin, PodInfo, ScorePlugin, Status, default_normalize,
@@ -21,10 +21,6 @@ fn tolerations(pod: &PodInfo) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-fn taints(node: &NodeInfo) -> &[Taint] {
-    &node.taints
-}
-
 impl Plugin for TaintToleration {
     fn name(&self) -> &'static str {
         NAME
@@ -40,7 +36,8 @@ impl Plugin for TaintToleration {
 impl FilterPlugin for TaintToleration {
     fn filter(&self, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         let tolerations = tolerations(pod);
-        let untolerated = taints(node)
+        let untolerated = node
+            .taints
             .iter()
             .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
             .find(|t| !tolerations_tolerate(tolerations, t));
@@ -68,7 +65,7 @@ impl ScorePlugin for TaintToleration {
             })
             .cloned()
             .collect();
-        taints(node)
+        node.taints
             .iter()
             .filter(|t| t.effect == "PreferNoSchedule" && !tolerations_tolerate(&prefer, t))
             .count() as i64
