@@ -558,6 +558,13 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// An in-process transport to this server's API for a component running
+    /// in the same process, authenticated as `user`. It serves as long as the
+    /// process lives, also before [`Server::serve`] is called.
+    pub fn loopback(&self, user: User) -> serve::Loopback {
+        serve::Loopback::new(self.router.clone(), user)
+    }
+
     /// The admin kubeconfig under the data directory.
     pub fn kubeconfig_path(&self) -> &std::path::Path {
         &self.kubeconfig_path

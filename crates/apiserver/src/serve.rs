@@ -151,3 +151,64 @@ async fn serve_connection(
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
+
+/// An in-process transport to the API: each request goes straight to the
+/// router, as `identity`, without TCP, TLS or HTTP framing. For the
+/// control-plane components that run inside `skiff server` (they are still
+/// API clients: same handlers, admission, watch cache and errors as over the
+/// network), as kube-apiserver's loopback client is for its own controllers.
+///
+/// Each request runs in its own task, as a connection's requests do, so a
+/// panicking handler answers 500 instead of unwinding into the caller.
+#[derive(Clone)]
+pub struct Loopback {
+    router: Router,
+    identity: PeerIdentity,
+}
+
+impl Loopback {
+    pub fn new(router: Router, user: crate::User) -> Loopback {
+        Loopback {
+            router,
+            identity: PeerIdentity(Some(user)),
+        }
+    }
+}
+
+impl<B> tower::Service<hyper::Request<B>> for Loopback
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(self.identity.clone());
+        let handled = tokio::spawn(self.router.clone().oneshot(req));
+        Box::pin(async move {
+            Ok(match handled.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(e) => {
+                    tracing::error!(error = %e, "an in-process API request failed");
+                    axum::response::IntoResponse::into_response(crate::ApiError::Internal(
+                        "the request handler failed".into(),
+                    ))
+                }
+            })
+        })
+    }
+}

@@ -30,6 +30,9 @@ pub enum Code {
     /// Something went wrong inside the plugin: the pod is retried with
     /// backoff.
     Error,
+    /// From a PreFilter: nothing to check for this pod, so the plugin's
+    /// Filter is not run this cycle (upstream's `Skip`).
+    Skip,
 }
 
 /// A plugin's answer: a code, the reasons (each counted separately in the
@@ -68,6 +71,14 @@ impl Status {
 
     pub fn error(reason: impl Into<String>) -> Status {
         Status::new(Code::Error, reason)
+    }
+
+    pub fn skip() -> Status {
+        Status {
+            code: Code::Skip,
+            reasons: Vec::new(),
+            plugin: "",
+        }
     }
 
     pub fn is_success(&self) -> bool {
@@ -297,6 +308,8 @@ pub struct Snapshot<'a> {
 #[derive(Default)]
 pub struct CycleState {
     data: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
+    /// Plugins whose PreFilter answered Skip.
+    skipped_filters: Vec<&'static str>,
 }
 
 impl CycleState {
@@ -438,9 +451,14 @@ impl Profile {
         pod: &PodInfo,
         snapshot: &Snapshot,
     ) -> Status {
+        state.skipped_filters.clear();
         for (name, p) in &self.pre_filters {
             if let Some(pf) = p.pre_filter() {
                 let s = pf.pre_filter(state, pod, snapshot);
+                if s.code == Code::Skip {
+                    state.skipped_filters.push(name);
+                    continue;
+                }
                 if !s.is_success() {
                     return s.with_plugin(name);
                 }
@@ -452,6 +470,9 @@ impl Profile {
     /// The first failing filter's status, or Success.
     pub fn run_filters(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
         for (name, p) in &self.filters {
+            if state.skipped_filters.contains(name) {
+                continue;
+            }
             if let Some(f) = p.filter() {
                 let s = f.filter(state, pod, node);
                 if !s.is_success() {
@@ -692,6 +713,72 @@ mod tests {
         assert_eq!((r.feasible_nodes, r.evaluated_nodes), (420, 840));
         let idx: usize = r.node[1..].parse().unwrap();
         assert!(idx % 2 == 1 && !(830..990).contains(&idx), "{}", r.node);
+    }
+
+    /// PreFilter answers Skip when the pod is labelled `skip`; Filter
+    /// rejects every node.
+    struct Picky;
+    impl Plugin for Picky {
+        fn name(&self) -> &'static str {
+            "Picky"
+        }
+        fn pre_filter(&self) -> Option<&dyn PreFilterPlugin> {
+            Some(self)
+        }
+        fn filter(&self) -> Option<&dyn FilterPlugin> {
+            Some(self)
+        }
+    }
+    impl PreFilterPlugin for Picky {
+        fn pre_filter(&self, _: &mut CycleState, pod: &PodInfo, _: &Snapshot) -> Status {
+            if pod.labels().contains_key("skip") {
+                Status::skip()
+            } else {
+                Status::success()
+            }
+        }
+    }
+    impl FilterPlugin for Picky {
+        fn filter(&self, _: &CycleState, _: &PodInfo, _: &NodeInfo) -> Status {
+            Status::unschedulable("picky")
+        }
+    }
+
+    #[test]
+    fn a_filter_whose_pre_filter_skipped_does_not_run_that_cycle() {
+        let mut registry = Registry::default();
+        registry.register(Arc::new(Picky));
+        let profile = Profile::new(&registry, &["Picky"], &[]).unwrap();
+        let nodes = [node_named("n1", json!({}))];
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let cluster = ClusterInfo::default();
+        let snapshot = Snapshot {
+            nodes: &refs,
+            cluster: &cluster,
+        };
+        let skipping = pod(json!({"metadata": {"labels": {"skip": "yes"}}}));
+        let r = schedule_pod(&profile, &skipping, &snapshot, 0, &mut |_| 0);
+        assert_eq!(r.map(|r| r.node).ok().as_deref(), Some("n1"));
+        let checked = pod(json!({}));
+        let err = schedule_pod(&profile, &checked, &snapshot, 0, &mut |_| 0).unwrap_err();
+        assert_eq!(err.to_string(), "0/1 nodes are available: 1 picky.");
+        // The skip does not outlive its cycle's state.
+        let mut state = CycleState::default();
+        assert!(
+            profile
+                .run_pre_filter(&mut state, &skipping, &snapshot)
+                .is_success()
+        );
+        assert!(
+            profile
+                .run_pre_filter(&mut state, &checked, &snapshot)
+                .is_success()
+        );
+        assert!(
+            !profile
+                .run_filters(&state, &checked, &nodes[0])
+                .is_success()
+        );
     }
 
     fn st(code: Code, reasons: &[&str]) -> Status {

@@ -549,15 +549,19 @@ async fn server(args: ServerArgs) -> Result<()> {
         kubeconfig = %server.kubeconfig_path().display(),
         "API server listening"
     );
-    let kubeconfig = server.kubeconfig_path().to_path_buf();
-    let api = tokio::spawn(server.serve(shutdown_signal()));
-
-    // The other control-plane components are API clients of this server.
+    // The other components are API clients of this server, reaching it
+    // through the in-process transport (no TCP, TLS or HTTP framing).
+    let client_as = |name: String, groups: &[&str]| {
+        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        kube::Client::new(
+            server.loopback(skiff_apiserver::User { name, groups }),
+            "default",
+        )
+    };
     let mut components = Vec::new();
     if !args.disable_controller_manager {
-        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
-            .await
-            .context("connecting the controller manager to the API server")?;
+        let client = client_as("system:kube-controller-manager".into(), &[]);
         let cluster_cidr = skiff_controllers::nodeipam::ClusterCidr::parse(&args.cluster_cidr, 24)
             .with_context(|| {
                 format!(
@@ -581,9 +585,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         )));
     }
     if !args.disable_scheduler {
-        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
-            .await
-            .context("connecting the scheduler to the API server")?;
+        let client = client_as("system:kube-scheduler".into(), &[]);
         components.push(tokio::spawn(skiff_scheduler::run(
             client,
             skiff_scheduler::SchedulerConfig {
@@ -593,9 +595,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         )));
     }
     if !args.disable_dns {
-        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
-            .await
-            .context("connecting the cluster DNS to the API server")?;
+        let client = client_as("system:serviceaccount:kube-system:kube-dns".into(), &[]);
         let node_ip = args
             .node
             .node_ip
@@ -613,9 +613,8 @@ async fn server(args: ServerArgs) -> Result<()> {
         }));
     }
     if !args.disable_agent {
-        let client = skiff_client::client_from_kubeconfig(&kubeconfig)
-            .await
-            .context("connecting the node agent to the API server")?;
+        let node = args.node.node_name.clone().unwrap_or_else(hostname);
+        let client = client_as(format!("system:node:{node}"), &["system:nodes"]);
         let opts = args.node.options(
             &args.data_dir,
             &args.cluster_cidr,
@@ -628,6 +627,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             }
         }));
     }
+    let api = tokio::spawn(server.serve(shutdown_signal()));
     let result = api.await;
     for c in components {
         c.abort();
@@ -754,10 +754,13 @@ async fn simulate(
 
 /// A leader-election identity unique to this process.
 fn identity(component: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}_{component}_{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "skiff".into());
-    format!("{host}_{component}_{}", std::process::id())
+        .unwrap_or_else(|_| "skiff".into())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -230,6 +230,13 @@ impl PreFilterPlugin for InterPodAffinity {
                 }
             }
         }
+        if s.terms.required_affinity.is_empty()
+            && s.terms.required_anti_affinity.is_empty()
+            && s.existing_anti.is_empty()
+        {
+            // Nothing for Filter to check on any node.
+            return Status::skip();
+        }
         state.write(NAME, s);
         Status::success()
     }

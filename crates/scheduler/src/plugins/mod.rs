@@ -174,6 +174,10 @@ pub(crate) mod testing {
         let mut state = CycleState::default();
         if let Some(pf) = plugin.pre_filter() {
             let s = pf.pre_filter(&mut state, pod, &snapshot);
+            if s.code == crate::framework::Code::Skip {
+                // As the framework does: Filter does not run, every node passes.
+                return vec![Status::success(); nodes.len()];
+            }
             if !s.is_success() {
                 return vec![s; nodes.len()];
             }

@@ -149,8 +149,12 @@ impl Plugin for PodTopologySpread {
 impl PreFilterPlugin for PodTopologySpread {
     fn pre_filter(&self, state: &mut CycleState, pod: &PodInfo, snapshot: &Snapshot) -> Status {
         let cs = constraints(pod, "DoNotSchedule");
+        if cs.is_empty() {
+            // No hard constraints: nothing for Filter to check.
+            return Status::skip();
+        }
         let mut counts = vec![HashMap::new(); cs.len()];
-        if !cs.is_empty() {
+        {
             for node in snapshot.nodes {
                 if !has_all_keys(node, &cs) {
                     continue;
