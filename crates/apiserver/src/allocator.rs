@@ -225,45 +225,7 @@ async fn allocate_into(
                 .get("nodePort")
                 .and_then(Value::as_i64)
                 .filter(|p| *p != 0);
-            let node_port = match asked {
-                Some(p) => {
-                    let field = format!("spec.ports[{i}].nodePort");
-                    if p < i64::from(ranges.node_ports.0) || p > i64::from(ranges.node_ports.1) {
-                        return Err(invalid(
-                            name,
-                            &field,
-                            json!(p),
-                            &format!(
-                                "provided port is not in the valid range. The range of valid ports is {}-{}",
-                                ranges.node_ports.0, ranges.node_ports.1
-                            ),
-                        ));
-                    }
-                    let key = format!("{PORTS}{p}");
-                    match state
-                        .store()
-                        .create(&key, owner(ns, name), PutOptions::default())
-                        .await
-                    {
-                        Ok(_) => taken.keys.push(key),
-                        Err(StoreError::AlreadyExists { .. }) => {
-                            return Err(invalid(
-                                name,
-                                &field,
-                                json!(p),
-                                "provided port is already allocated",
-                            ));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    p
-                }
-                None => {
-                    let p = take_free_port(state, ranges, ns, name).await?;
-                    taken.keys.push(format!("{PORTS}{p}"));
-                    i64::from(p)
-                }
-            };
+            let node_port = take_node_port(state, ranges, ns, name, i, asked, taken).await?;
             if let Some(m) = port.as_object_mut() {
                 m.insert("nodePort".into(), json!(node_port));
             }
@@ -274,6 +236,54 @@ async fn allocate_into(
             .or_insert(json!("Cluster"));
     }
     Ok(())
+}
+
+/// Takes node port `asked` (422 if out of range or taken) or, without one,
+/// a free one, for port `i` of the service.
+async fn take_node_port(
+    state: &AppState,
+    ranges: &ServiceRanges,
+    ns: &str,
+    name: &str,
+    i: usize,
+    asked: Option<i64>,
+    taken: &mut Taken,
+) -> ApiResult<i64> {
+    let Some(p) = asked else {
+        let p = take_free_port(state, ranges, ns, name).await?;
+        taken.keys.push(format!("{PORTS}{p}"));
+        return Ok(i64::from(p));
+    };
+    let field = format!("spec.ports[{i}].nodePort");
+    if p < i64::from(ranges.node_ports.0) || p > i64::from(ranges.node_ports.1) {
+        return Err(invalid(
+            name,
+            &field,
+            json!(p),
+            &format!(
+                "provided port is not in the valid range. The range of valid ports is {}-{}",
+                ranges.node_ports.0, ranges.node_ports.1
+            ),
+        ));
+    }
+    let key = format!("{PORTS}{p}");
+    match state
+        .store()
+        .create(&key, owner(ns, name), PutOptions::default())
+        .await
+    {
+        Ok(_) => {
+            taken.keys.push(key);
+            Ok(p)
+        }
+        Err(StoreError::AlreadyExists { .. }) => Err(invalid(
+            name,
+            &field,
+            json!(p),
+            "provided port is already allocated",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A random free address, tried against the store; the range is scanned
@@ -338,8 +348,8 @@ async fn take_free_port(
     ))
 }
 
-/// Releases what a deleted service held.
-pub async fn release_service(state: &AppState, svc: &Value) {
+/// The allocation keys a service holds: its cluster IP and node ports.
+fn held_keys(svc: &Value) -> Vec<String> {
     let mut keys = Vec::new();
     if let Some(ip) = svc
         .pointer("/spec/clusterIP")
@@ -348,29 +358,294 @@ pub async fn release_service(state: &AppState, svc: &Value) {
     {
         keys.push(format!("{IPS}{ip}"));
     }
-    for port in svc
-        .pointer("/spec/ports")
+    for p in node_ports(svc) {
+        keys.push(format!("{PORTS}{p}"));
+    }
+    keys
+}
+
+fn node_ports(svc: &Value) -> Vec<i64> {
+    svc.pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        if let Some(p) = port.get("nodePort").and_then(Value::as_i64) {
-            keys.push(format!("{PORTS}{p}"));
-        }
-    }
+        .filter_map(|port| port.get("nodePort").and_then(Value::as_i64))
+        .filter(|p| *p != 0)
+        .collect()
+}
+
+/// Releases what a deleted service held.
+pub async fn release_service(state: &AppState, svc: &Value) {
     let ns = registry::meta(svc, "namespace").unwrap_or_default();
     let name = registry::meta(svc, "name").unwrap_or_default();
+    release_held(state, &ns, &name, held_keys(svc)).await;
+}
+
+/// Releases `keys` that service `ns/name` holds (a key may already belong to
+/// a newer service after a repair: that one is left alone).
+async fn release_held(state: &AppState, ns: &str, name: &str, keys: Vec<String>) {
     for key in keys {
-        // Only what this service holds (the key may already belong to a
-        // newer service after a repair).
         if let Ok(Some(kv)) = state.store().get(&key).await
             && let Ok(v) = serde_json::from_slice::<Value>(&kv.value)
-            && v["namespace"] == ns.as_str()
-            && v["name"] == name.as_str()
+            && v["namespace"] == ns
+            && v["name"] == name
         {
             let _ = state.store().delete(&key, Some(kv.mod_revision)).await;
         }
     }
+}
+
+fn service_type(svc: &Value) -> &str {
+    svc.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+/// Every type but ExternalName has a cluster IP (or `None`).
+fn needs_cluster_ip(svc: &Value) -> bool {
+    service_type(svc) != "ExternalName"
+}
+
+fn needs_node_port(svc: &Value) -> bool {
+    matches!(service_type(svc), "NodePort" | "LoadBalancer")
+}
+
+fn needs_health_check_node_port(svc: &Value) -> bool {
+    service_type(svc) == "LoadBalancer"
+        && svc
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
+}
+
+fn externally_accessible(svc: &Value) -> bool {
+    needs_node_port(svc)
+        || svc
+            .pointer("/spec/externalIPs")
+            .and_then(Value::as_array)
+            .is_some_and(|ips| !ips.is_empty())
+}
+
+/// What a service update does before validation, as upstream's service
+/// strategy and storage do (`dropTypeDependentFields`, then
+/// `patchAllocatedValues`): fields the new type no longer uses are dropped
+/// when the client left them as they were (a changed value is the client's
+/// and meets validation), the load-balancer status goes with the
+/// `LoadBalancer` type, and allocated values the client left out (a `PUT`
+/// of a manifest without `clusterIP` or `nodePort`) are kept.
+pub fn prepare_update(old: &Value, new: &mut Value) {
+    let same = |new: &Value, ptr: &str| old.pointer(ptr) == new.pointer(ptr);
+    let remove = |new: &mut Value, field: &str| {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove(field);
+        }
+    };
+    // Dropping what the new type does not use.
+    if needs_cluster_ip(old) && !needs_cluster_ip(new) {
+        if same(new, "/spec/clusterIP") && same(new, "/spec/clusterIPs") {
+            remove(new, "clusterIP");
+            remove(new, "clusterIPs");
+        }
+        if same(new, "/spec/ipFamilies") {
+            remove(new, "ipFamilies");
+        }
+        if same(new, "/spec/ipFamilyPolicy") {
+            remove(new, "ipFamilyPolicy");
+        }
+    }
+    if needs_node_port(old)
+        && !needs_node_port(new)
+        && node_ports_by_index(old) == node_ports_by_index(new)
+    {
+        for port in ports_mut(new) {
+            if let Some(m) = port.as_object_mut() {
+                m.remove("nodePort");
+            }
+        }
+    }
+    if needs_health_check_node_port(old)
+        && !needs_health_check_node_port(new)
+        && same(new, "/spec/healthCheckNodePort")
+    {
+        remove(new, "healthCheckNodePort");
+    }
+    if service_type(old) == "LoadBalancer" && service_type(new) != "LoadBalancer" {
+        for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if same(new, &format!("/spec/{field}")) {
+                remove(new, field);
+            }
+        }
+    }
+    if externally_accessible(old)
+        && !externally_accessible(new)
+        && same(new, "/spec/externalTrafficPolicy")
+    {
+        remove(new, "externalTrafficPolicy");
+    }
+    if service_type(new) != "LoadBalancer"
+        && let Some(status) = new.get_mut("status").and_then(Value::as_object_mut)
+        && status.contains_key("loadBalancer")
+    {
+        status.insert("loadBalancer".into(), json!({}));
+    }
+    // Keeping allocated values the client left out.
+    if needs_cluster_ip(old) && needs_cluster_ip(new) {
+        for field in ["clusterIP", "clusterIPs"] {
+            let missing = new.pointer(&format!("/spec/{field}")).is_none_or(|v| {
+                v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty)
+            });
+            if missing
+                && let Some(v) = old.pointer(&format!("/spec/{field}")).cloned()
+                && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+            {
+                spec.insert(field.into(), v);
+            }
+        }
+    }
+    if needs_node_port(old) && needs_node_port(new) {
+        let in_use: Vec<i64> = node_ports(new);
+        let by_name: Vec<(String, i64)> = old
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let np = p.get("nodePort").and_then(Value::as_i64)?;
+                let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+                Some((name.to_string(), np))
+            })
+            .collect();
+        for port in ports_mut(new) {
+            let Some(m) = port.as_object_mut() else {
+                continue;
+            };
+            if m.get("nodePort")
+                .and_then(Value::as_i64)
+                .is_some_and(|p| p != 0)
+            {
+                continue;
+            }
+            let name = m
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if let Some((_, np)) = by_name.iter().find(|(n, _)| *n == name)
+                && !in_use.contains(np)
+            {
+                m.insert("nodePort".into(), json!(np));
+            }
+        }
+    }
+    if needs_health_check_node_port(old)
+        && needs_health_check_node_port(new)
+        && new
+            .pointer("/spec/healthCheckNodePort")
+            .is_none_or(|v| v.as_i64().unwrap_or(0) == 0)
+        && let Some(v) = old.pointer("/spec/healthCheckNodePort").cloned()
+        && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("healthCheckNodePort".into(), v);
+    }
+}
+
+fn node_ports_by_index(svc: &Value) -> Vec<Option<i64>> {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| p.get("nodePort").and_then(Value::as_i64))
+        .collect()
+}
+
+fn ports_mut(svc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    svc.pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// What a service update took and what it gives back once committed.
+#[derive(Debug, Default)]
+pub struct Reallocation {
+    /// Newly taken: released if the update does not commit.
+    pub taken: Taken,
+    /// Held by the old service and no longer by the new one: released once
+    /// the update committed.
+    release: Vec<String>,
+}
+
+impl Reallocation {
+    /// The update committed: frees what the service no longer holds.
+    pub async fn committed(self, state: &AppState, ns: &str, name: &str) {
+        release_held(state, ns, name, self.release).await;
+    }
+}
+
+/// Takes what the updated service needs and did not hold (after
+/// [`prepare_update`]): a cluster IP when it stops being ExternalName, node
+/// ports for ports without one or with one it did not hold (422 if out of
+/// range or taken).
+pub async fn allocate_update(
+    state: &AppState,
+    ns: &str,
+    old: &Value,
+    new: &mut Value,
+) -> ApiResult<Reallocation> {
+    let ranges = state.service_ranges();
+    let name = registry::meta(new, "name").unwrap_or_default();
+    let mut taken = Taken::default();
+    let result = if !needs_cluster_ip(old) && needs_cluster_ip(new) {
+        // An ExternalName service held nothing: allocate as a create does.
+        allocate_into(state, &ranges, ns, &name, new, &mut taken).await
+    } else if needs_node_port(new) {
+        let held = if needs_node_port(old) {
+            node_ports(old)
+        } else {
+            Vec::new()
+        };
+        let mut result = Ok(());
+        let mut i = 0;
+        for port in ports_mut(new) {
+            let asked = port
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|p| *p != 0);
+            if asked.is_some_and(|p| held.contains(&p)) {
+                i += 1;
+                continue;
+            }
+            match take_node_port(state, &ranges, ns, &name, i, asked, &mut taken).await {
+                Ok(p) => {
+                    if let Some(m) = port.as_object_mut() {
+                        m.insert("nodePort".into(), json!(p));
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            i += 1;
+        }
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.entry("externalTrafficPolicy")
+                .or_insert(json!("Cluster"));
+        }
+        result
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        taken.release(state).await;
+        return Err(e);
+    }
+    let still = held_keys(new);
+    let release = held_keys(old)
+        .into_iter()
+        .filter(|k| !still.contains(k))
+        .collect();
+    Ok(Reallocation { taken, release })
 }
 
 /// Releases allocations whose service no longer exists (or no longer holds
@@ -429,6 +704,97 @@ pub async fn repair(state: &AppState, grace: Duration) -> ApiResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node_port_svc() -> Value {
+        json!({
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.43.0.20",
+                "clusterIPs": ["10.43.0.20"],
+                "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack",
+                "externalTrafficPolicy": "Cluster",
+                "allocateLoadBalancerNodePorts": true,
+                "ports": [
+                    {"name": "http", "port": 80, "nodePort": 30080},
+                    {"name": "https", "port": 443, "nodePort": 30443}
+                ]
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.2"}]}}
+        })
+    }
+
+    #[test]
+    fn a_service_update_drops_what_the_new_type_no_longer_uses() {
+        let old = node_port_svc();
+        // To ClusterIP, the rest as it was: node ports, policy, LB fields
+        // and the LB status go; the cluster IP stays.
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        prepare_update(&old, &mut new);
+        assert_eq!(new["spec"]["ports"][0].get("nodePort"), None);
+        assert_eq!(new["spec"]["ports"][1].get("nodePort"), None);
+        for gone in ["externalTrafficPolicy", "allocateLoadBalancerNodePorts"] {
+            assert_eq!(new["spec"].get(gone), None, "{gone}");
+        }
+        assert_eq!(new["spec"]["clusterIP"], "10.43.0.20");
+        assert_eq!(new["status"]["loadBalancer"], json!({}));
+        // A node port the client changed is the client's: validation
+        // answers it.
+        let mut changed = old.clone();
+        changed["spec"]["type"] = json!("ClusterIP");
+        changed["spec"]["ports"][0]["nodePort"] = json!(30099);
+        prepare_update(&old, &mut changed);
+        assert_eq!(changed["spec"]["ports"][0]["nodePort"], 30099);
+        // To ExternalName: the cluster IP and families go too.
+        let mut ext = old.clone();
+        ext["spec"]["type"] = json!("ExternalName");
+        ext["spec"]["externalName"] = json!("example.com");
+        prepare_update(&old, &mut ext);
+        for gone in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            assert_eq!(ext["spec"].get(gone), None, "{gone}");
+        }
+        // LoadBalancer to NodePort keeps the node ports, drops the status.
+        let mut np = old.clone();
+        np["spec"]["type"] = json!("NodePort");
+        prepare_update(&old, &mut np);
+        assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080);
+        assert_eq!(np["status"]["loadBalancer"], json!({}));
+    }
+
+    #[test]
+    fn a_service_update_keeps_allocated_values_the_client_left_out() {
+        let old = node_port_svc();
+        let mut new = old.clone();
+        let spec = new["spec"].as_object_mut().unwrap();
+        spec.remove("clusterIP");
+        spec.remove("clusterIPs");
+        // Ports reordered and one renamed away: node ports follow names,
+        // never a port another port still uses.
+        new["spec"]["ports"] = json!([
+            {"name": "https", "port": 443},
+            {"name": "http", "port": 80, "nodePort": 30443},
+            {"name": "metrics", "port": 9090}
+        ]);
+        prepare_update(&old, &mut new);
+        assert_eq!(new["spec"]["clusterIP"], "10.43.0.20");
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.43.0.20"]));
+        assert_eq!(
+            new["spec"]["ports"][0].get("nodePort"),
+            None,
+            "30443 is taken by http"
+        );
+        assert_eq!(new["spec"]["ports"][1]["nodePort"], 30443);
+        assert_eq!(new["spec"]["ports"][2].get("nodePort"), None);
+        // From ClusterIP nothing is carried over.
+        let mut cip = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.43.0.7",
+            "ports": [{"port": 80}]}});
+        let before = cip.clone();
+        cip["spec"]["type"] = json!("NodePort");
+        prepare_update(&before, &mut cip);
+        assert_eq!(cip["spec"]["ports"][0].get("nodePort"), None);
+        assert_eq!(cip["spec"]["clusterIP"], "10.43.0.7");
+    }
 
     #[test]
     fn ranges_parse_and_bound_addresses() {

@@ -1067,6 +1067,9 @@ async fn commit_update(
                     None => m.remove("status"),
                 };
             }
+            if is_services(def) {
+                crate::allocator::prepare_update(old, &mut new);
+            }
             let old_meta = old.get("metadata").cloned().unwrap_or_default();
             let m = meta_mut(&mut new);
             for field in [
@@ -1104,6 +1107,43 @@ async fn commit_update(
         return Err(invalid(def, &name, errors));
     }
     let mut new_obj = new_obj;
+    // A service whose type changed takes (and later gives back) addresses
+    // and node ports. A dry run takes nothing.
+    let reallocation = if is_services(def) && sub.is_none() && !dry_run {
+        let ns = meta(old, "namespace").unwrap_or_default();
+        Some(crate::allocator::allocate_update(state, &ns, old, &mut new_obj).await?)
+    } else {
+        None
+    };
+    let written = write_update(state, def, current, old, new_obj, sub, dry_run, ownership).await;
+    if let Some(r) = reallocation {
+        match &written {
+            Ok(Write::Done(_)) => {
+                let ns = meta(old, "namespace").unwrap_or_default();
+                r.committed(state, &ns, &name).await;
+            }
+            _ => r.taken.release(state).await,
+        }
+    }
+    written
+}
+
+fn is_services(def: &ResourceDef) -> bool {
+    (def.group, def.plural) == ("", "services")
+}
+
+/// The store write of an update whose new object is settled.
+#[allow(clippy::too_many_arguments)]
+async fn write_update(
+    state: &AppState,
+    def: &ResourceDef,
+    current: &KeyValue,
+    old: &Value,
+    mut new_obj: Value,
+    sub: Option<Subresource>,
+    dry_run: bool,
+    ownership: Ownership<'_>,
+) -> ApiResult<Write> {
     ownership.record(def, Some(old), &mut new_obj, sub);
     if same_when_stored(&new_obj, old) {
         return Ok(Write::Done(present_kv(def, current)?));

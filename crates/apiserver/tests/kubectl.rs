@@ -1388,3 +1388,97 @@ async fn services_get_unique_cluster_ips_and_node_ports_and_conflicts_are_refuse
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_service_type_takes_and_gives_back_node_ports() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    server
+        .ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"])
+        .await?;
+    let before = server.json(&["get", "service", "web"]).await?;
+    let ip = before["spec"]["clusterIP"].clone();
+
+    // ClusterIP → NodePort: a node port is allocated, the address stays.
+    server
+        .ok(&[
+            "patch",
+            "service",
+            "web",
+            "-p",
+            r#"{"spec":{"type":"NodePort"}}"#,
+        ])
+        .await?;
+    let np = server.json(&["get", "service", "web"]).await?;
+    let port = np["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .context("no nodePort after the change to NodePort")?;
+    ensure!((30000..=32767).contains(&port), "{np}");
+    ensure!(np["spec"]["clusterIP"] == ip, "{np}");
+    ensure!(np["spec"]["externalTrafficPolicy"] == "Cluster", "{np}");
+    // The port is held: another service cannot take it.
+    let other = server.write(
+        "other.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {port}}}]\n"
+        ),
+    )?;
+    let other = other.to_str().context("utf-8")?;
+    let err = server.fails(&["apply", "-f", other]).await?;
+    ensure!(err.contains("provided port is already allocated"), "{err}");
+
+    // A replace without the allocated values keeps them.
+    let mut manifest = np.clone();
+    manifest["spec"]["ports"][0]
+        .as_object_mut()
+        .context("port")?
+        .remove("nodePort");
+    for f in ["clusterIP", "clusterIPs"] {
+        manifest["spec"].as_object_mut().context("spec")?.remove(f);
+    }
+    let replaced = server.write("replace.json", &manifest.to_string())?;
+    server
+        .ok(&["replace", "-f", replaced.to_str().context("utf-8")?])
+        .await?;
+    let kept = server.json(&["get", "service", "web"]).await?;
+    ensure!(kept["spec"]["ports"][0]["nodePort"] == port, "{kept}");
+    ensure!(kept["spec"]["clusterIP"] == ip, "{kept}");
+
+    // NodePort → ClusterIP with a plain merge patch: the node port goes
+    // and is free again.
+    server
+        .ok(&[
+            "patch",
+            "service",
+            "web",
+            "-p",
+            r#"{"spec":{"type":"ClusterIP"}}"#,
+        ])
+        .await?;
+    let back = server.json(&["get", "service", "web"]).await?;
+    ensure!(back["spec"]["ports"][0].get("nodePort").is_none(), "{back}");
+    ensure!(
+        back["spec"].get("externalTrafficPolicy").is_none(),
+        "{back}"
+    );
+    ensure!(back["spec"]["clusterIP"] == ip, "{back}");
+    server.ok(&["apply", "-f", other]).await?;
+
+    // An explicit node port someone else holds is refused on update too,
+    // and the service is left as it was.
+    let err = server
+        .fails(&[
+            "patch",
+            "service",
+            "web",
+            "--type=json",
+            "-p",
+            &format!(
+                r#"[{{"op":"replace","path":"/spec/type","value":"NodePort"}},{{"op":"add","path":"/spec/ports/0/nodePort","value":{port}}}]"#
+            ),
+        ])
+        .await?;
+    ensure!(err.contains("provided port is already allocated"), "{err}");
+    let unchanged = server.json(&["get", "service", "web"]).await?;
+    ensure!(unchanged["spec"]["type"] == "ClusterIP", "{unchanged}");
+    Ok(())
+}

@@ -13,7 +13,8 @@
 //! through [`revisions`] —, [`job`], [`cronjob`]), [`endpoints`],
 //! [`disruption`] (PodDisruptionBudget status), [`namespace`], [`gc`]
 //! (owner references), [`podgc`] (terminated and orphaned pods),
-//! [`serviceaccount`], [`nodelifecycle`] and [`nodeipam`]; [`events`]
+//! [`serviceaccount`], [`servicelb`] (`type: LoadBalancer` ingress from
+//! the nodes' addresses), [`nodelifecycle`] and [`nodeipam`]; [`events`]
 //! records core/v1 Events for them.
 //!
 //! Must not touch the store or the API server's internals: everything here
@@ -40,6 +41,7 @@ pub mod resourcequota;
 pub mod revisions;
 pub mod selector;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 
 use std::time::Duration;
@@ -140,6 +142,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig) {
         podgc::run(client.clone(), config.clone(), informers.clone()),
         disruption::run(client.clone(), config.clone(), informers.clone()),
         resourcequota::run(client.clone(), config.clone(), informers.clone()),
+        servicelb::run(client.clone(), config.clone(), informers.clone()),
     );
 }
 

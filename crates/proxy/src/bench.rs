@@ -138,6 +138,7 @@ fn synthetic_service(i: usize) -> (ServiceName, ServiceInfo) {
             affinity_timeout: None,
             external_local: false,
             internal_local: false,
+            load_balancer_ips: Vec::new(),
         },
     )
 }

@@ -1,7 +1,8 @@
 //! skiff-proxy: the service proxy, kube-proxy's nftables mode. It watches
 //! Services and EndpointSlices (one watch each) and programs the node's
-//! kernel so that a connection to a ClusterIP:port, or to a NodePort on the
-//! node's addresses, reaches one of the service's ready endpoints: DNAT to
+//! kernel so that a connection to a ClusterIP:port, to a NodePort on the
+//! node's addresses, or to a LoadBalancer ingress address on the service's
+//! port, reaches one of the service's ready endpoints: DNAT to
 //! an endpoint picked at random (or by client-IP affinity), masquerade
 //! where replies would otherwise miss the way back, and an immediate
 //! refusal for services without ready endpoints. IPv4 only: the table is

@@ -89,6 +89,11 @@ pub struct ServiceInfo {
     pub external_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// The IPv4 load-balancer ingress addresses the proxy captures
+    /// (`status.loadBalancer.ingress[].ip` of a LoadBalancer service whose
+    /// `ipMode` is `VIP` or unset), sorted, without duplicates. Traffic to
+    /// them on a service port is external traffic, as to a node port.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
 }
 
 impl ServiceInfo {
@@ -122,7 +127,28 @@ impl ServiceInfo {
                 })
             })
             .collect();
-        if cluster_ip.is_none() && ports.iter().all(|p| p.node_port.is_none()) {
+        let mut load_balancer_ips: Vec<Ipv4Addr> = if type_ == "LoadBalancer" {
+            service
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                // kube-proxy leaves `Proxy` addresses to the balancer.
+                .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
+                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok())
+                .filter(|ip| !ip.is_unspecified())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        load_balancer_ips.sort();
+        load_balancer_ips.dedup();
+        if cluster_ip.is_none()
+            && ports.iter().all(|p| p.node_port.is_none())
+            && load_balancer_ips.is_empty()
+        {
             return None;
         }
         let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
@@ -140,6 +166,7 @@ impl ServiceInfo {
             affinity_timeout,
             external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            load_balancer_ips,
         })
     }
 }
@@ -264,6 +291,51 @@ mod tests {
             assert_eq!(info.ports[0].node_port, want, "{type_}");
             assert_eq!(info.external_local, want.is_some(), "{type_}");
         }
+    }
+
+    #[test]
+    fn load_balancer_ips_are_kept_only_for_load_balancer_services_in_vip_mode() {
+        let status = json!({"loadBalancer": {"ingress": [
+            {"ip": "10.99.0.2", "ipMode": "VIP"},
+            {"ip": "10.99.0.1"},
+            {"ip": "10.99.0.1", "ipMode": "VIP"},
+            {"ip": "203.0.113.9", "ipMode": "Proxy"},
+            {"ip": "fd00::1", "ipMode": "VIP"},
+            {"hostname": "lb.example.com"},
+        ]}});
+        // (name, type, want)
+        let cases = [
+            ("LoadBalancer", vec!["10.99.0.1", "10.99.0.2"]),
+            ("NodePort", vec![]),
+            ("ClusterIP", vec![]),
+        ];
+        for (type_, want) in cases {
+            let svc: Service = serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"type": type_, "clusterIP": "10.43.0.5",
+                    "ports": [{"port": 80, "nodePort": 30080}]},
+                "status": status,
+            }))
+            .expect("service");
+            let info = ServiceInfo::from_service(&svc).expect(type_);
+            let got: Vec<String> = info
+                .load_balancer_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(got, want, "{type_}");
+        }
+        // A load balancer without cluster IP or node ports is still served
+        // on its ingress addresses.
+        let bare: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "None",
+                "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.99.0.1"}]}},
+        }))
+        .expect("service");
+        let info = ServiceInfo::from_service(&bare).expect("served");
+        assert_eq!(info.load_balancer_ips, vec![Ipv4Addr::new(10, 99, 0, 1)]);
     }
 
     #[test]

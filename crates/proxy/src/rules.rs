@@ -15,7 +15,9 @@
 //!   client-IP affinity sets when `sessionAffinity: ClientIP`;
 //!   `local-…` is the same over this node's endpoints only (Local traffic
 //!   policies); `external-…` is where node-port traffic enters (marks it for
-//!   masquerade, then goes to `service-…` or `local-…`).
+//!   masquerade, then goes to `service-…` or `local-…`). A LoadBalancer
+//!   service's ingress addresses are keys of `service-ips` too (with the
+//!   service's port) and lead to `external-…`, as in kube-proxy.
 //! - Per endpoint, `endpoint-<ns>/<name>/<proto>/<port>__<ip>/<port>` marks
 //!   hairpin traffic (the endpoint talking to itself) for masquerade and
 //!   DNATs.
@@ -206,6 +208,10 @@ fn port_rules(
     };
     let cluster_ip = service.cluster_ip;
     let node_port = port.node_port;
+    let lb_ips = &service.load_balancer_ips;
+    // Node-port and load-balancer traffic is external: it enters through
+    // the external chain.
+    let has_external = node_port.is_some() || !lb_ips.is_empty();
 
     // Which policy chains something jumps to.
     let mut use_cluster = false;
@@ -217,7 +223,7 @@ fn port_rules(
             use_cluster = true;
         }
     }
-    if node_port.is_some() && !external.is_empty() {
+    if has_external && !external.is_empty() {
         if service.external_local {
             use_local = true;
             // Node-port traffic from the node itself may use any endpoint.
@@ -261,22 +267,37 @@ fn port_rules(
             key,
             value: Some(value),
         });
-        if !external.is_empty() {
-            let rules = if service.external_local {
-                let mut r = vec!["fib saddr type local jump mark-for-masquerade".to_string()];
-                if !cluster.is_empty() {
-                    r.push(format!("fib saddr type local goto {cluster_chain}"));
-                }
-                r.push(format!("goto {local_chain}"));
-                r
-            } else {
-                vec![
-                    "jump mark-for-masquerade".to_string(),
-                    format!("goto {cluster_chain}"),
-                ]
-            };
-            out.chains.insert(external_chain, rules);
-        }
+    }
+    // Load-balancer addresses share the service-ips map with cluster IPs
+    // (as in kube-proxy), with the service's own port.
+    for ip in lb_ips {
+        let key = format!("{ip} . {proto} . {}", port.port);
+        let (set, value) = if external.is_empty() {
+            (NO_ENDPOINT_SERVICES, no_endpoints(external))
+        } else {
+            (SERVICE_IPS, verdict_goto(&external_chain))
+        };
+        out.elements.insert(Element {
+            set,
+            key,
+            value: Some(value),
+        });
+    }
+    if has_external && !external.is_empty() {
+        let rules = if service.external_local {
+            let mut r = vec!["fib saddr type local jump mark-for-masquerade".to_string()];
+            if !cluster.is_empty() {
+                r.push(format!("fib saddr type local goto {cluster_chain}"));
+            }
+            r.push(format!("goto {local_chain}"));
+            r
+        } else {
+            vec![
+                "jump mark-for-masquerade".to_string(),
+                format!("goto {cluster_chain}"),
+            ]
+        };
+        out.chains.insert(external_chain, rules);
     }
 
     let mut endpoints: BTreeMap<(Ipv4Addr, u16), Ep<'_>> = BTreeMap::new();

@@ -5,7 +5,9 @@
 //! pods resolve cluster names (search path, ClusterIP, headless) through
 //! their resolv.conf; `sessionAffinity: ClientIP` pins a client to one
 //! endpoint while without it requests spread over both; a pod that turns
-//! unready leaves its service's rotation within 2 s, and comes back.
+//! unready leaves its service's rotation within 2 s, and comes back. A
+//! `type: LoadBalancer` service shows the node address as its external IP
+//! and answers there on its own port until it turns ClusterIP.
 
 mod common;
 
@@ -379,5 +381,123 @@ fn a_pod_that_turns_unready_leaves_the_rotation_within_two_seconds() -> Result<(
         );
     }
     cluster.ok(&["delete", "service", "web"])?;
+    Ok(())
+}
+
+const LOAD_BALANCED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: lb-web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: lb-web}
+  template:
+    metadata:
+      labels: {app: lb-web}
+    spec:
+      containers:
+      - name: netexec
+        image: skiff.test/testbin:1
+        imagePullPolicy: Never
+        args: ["netexec", "--http-port", "9376"]
+        readinessProbe:
+          httpGet: {path: /healthz, port: 9376}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-web
+spec:
+  type: LoadBalancer
+  selector: {app: lb-web}
+  ports: [{port: 8080, targetPort: 9376}]
+"#;
+
+#[test]
+fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let file = cluster.write("lb.yaml", LOAD_BALANCED)?;
+    cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    cluster.ok(&["rollout", "status", "deployment/lb-web", "--timeout=120s"])?;
+    let names: BTreeSet<String> = cluster
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=lb-web",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    ensure!(names.len() == 2, "pods {names:?}");
+
+    // The service load balancer publishes the (only, ready) node's address.
+    let ingress = [
+        "get",
+        "service",
+        "lb-web",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ];
+    cluster.wait_for(&ingress, "10.99.0.1", Duration::from_secs(30))?;
+    let row = cluster.ok(&["get", "service", "lb-web", "--no-headers"])?;
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    ensure!(
+        columns.get(1) == Some(&"LoadBalancer") && columns.get(3) == Some(&"10.99.0.1"),
+        "kubectl get service shows {row:?}, not the node address as EXTERNAL-IP"
+    );
+
+    // The load balancer address with the service's port (not the node
+    // port) reaches a pod.
+    let url = "http://10.99.0.1:8080/hostname";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body, err) = host_get(&cluster, url)?;
+        if ok {
+            ensure!(
+                names.contains(&body),
+                "{url} answered {body:?}, not one of {names:?}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} never answered from the host: {body}{err}\n{}",
+            cluster.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Back to ClusterIP (the API server drops the node port and the
+    // load-balancer status with the type): the ingress is cleared and the
+    // address stops answering on the port.
+    cluster.ok(&[
+        "patch",
+        "service",
+        "lb-web",
+        "-p",
+        r#"{"spec": {"type": "ClusterIP"}}"#,
+    ])?;
+    cluster.wait_for(&ingress, "", Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, body, err) = host_get(&cluster, url)?;
+        if !ok {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} still answers 10 s after the service turned ClusterIP: {body}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // And kubectl shows no external IP any more.
+    let row = cluster.ok(&["get", "service", "lb-web", "--no-headers"])?;
+    ensure!(row.split_whitespace().nth(3) == Some("<none>"), "{row:?}");
     Ok(())
 }

@@ -26,6 +26,7 @@ fn service() -> ServiceInfo {
         affinity_timeout: None,
         external_local: false,
         internal_local: false,
+        load_balancer_ips: Vec::new(),
     }
 }
 
@@ -418,5 +419,120 @@ fn resync_deletes_stale_objects_but_keeps_base_and_owned_ones() {
     assert!(
         !got.contains("delete set ip skiff-proxy service-ips"),
         "{got}"
+    );
+}
+
+fn load_balancer(ips: &[&str]) -> ServiceInfo {
+    let mut svc = service();
+    svc.ports[0].node_port = Some(30080);
+    svc.load_balancer_ips = ips.iter().map(|ip| ip.parse().expect("ip")).collect();
+    svc
+}
+
+#[test]
+fn load_balancer_ingress_with_the_service_port_enters_through_the_external_chain() {
+    check(
+        creation(
+            &load_balancer(&["10.99.0.1"]),
+            &[slice(vec![endpoint("10.42.0.2", true, "node-a")])],
+        ),
+        "\
+add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
+add chain ip skiff-proxy external-default/web/tcp/80
+add chain ip skiff-proxy service-default/web/tcp/80
+add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
+add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
+add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
+add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
+add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }
+add element ip skiff-proxy cluster-ips { 10.43.0.50 }
+add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
+add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }
+add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
+",
+    );
+}
+
+#[test]
+fn load_balancer_ingress_without_usable_endpoints_is_refused_or_dropped() {
+    // (case, externalTrafficPolicy Local, slices, the ingress elements wanted)
+    let cases = [
+        (
+            "no endpoints: rejected",
+            false,
+            vec![],
+            "no-endpoint-services { 10.99.0.1 . tcp . 80 : goto reject-chain }",
+        ),
+        (
+            "Local without a local endpoint: dropped",
+            true,
+            vec![slice(vec![endpoint("10.42.0.3", true, "node-b")])],
+            "no-endpoint-services { 10.99.0.1 . tcp . 80 : drop }",
+        ),
+    ];
+    for (case, local, slices, want) in cases {
+        let mut svc = load_balancer(&["10.99.0.1"]);
+        svc.external_local = local;
+        let got = creation(&svc, &slices);
+        assert!(got.contains(want), "{case}: want {want} in\n{got}");
+        assert!(
+            !got.contains("service-ips { 10.99.0.1"),
+            "{case}: ingress still captured\n{got}"
+        );
+    }
+}
+
+#[test]
+fn load_balancer_ingress_with_external_traffic_policy_local_goes_to_local_endpoints() {
+    let mut svc = load_balancer(&["10.99.0.1"]);
+    svc.external_local = true;
+    let got = creation(&svc, &[two_endpoints()]);
+    assert!(
+        got.contains("service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }"),
+        "{got}"
+    );
+    assert!(
+        got.contains(
+            "add rule ip skiff-proxy external-default/web/tcp/80 goto local-default/web/tcp/80"
+        ),
+        "{got}"
+    );
+}
+
+#[test]
+fn load_balancer_without_node_ports_still_captures_its_ingress() {
+    let mut svc = load_balancer(&["10.99.0.1", "10.99.0.2"]);
+    svc.ports[0].node_port = None;
+    let got = creation(&svc, &[slice(vec![endpoint("10.42.0.2", true, "node-a")])]);
+    for ip in ["10.99.0.1", "10.99.0.2"] {
+        let want = format!("service-ips {{ {ip} . tcp . 80 : goto external-default/web/tcp/80 }}");
+        assert!(got.contains(&want), "missing {want} in\n{got}");
+    }
+    assert!(
+        got.contains("add chain ip skiff-proxy external-default/web/tcp/80"),
+        "{got}"
+    );
+    assert!(!got.contains("service-nodeports"), "{got}");
+}
+
+#[test]
+fn an_ingress_address_coming_and_going_changes_only_its_map_element() {
+    let slices = [slice(vec![endpoint("10.42.0.2", true, "node-a")])];
+    let refs: Vec<&SliceInfo> = slices.iter().collect();
+    let without = service_rules(&name(), &load_balancer(&[]), &refs, &config());
+    let with = service_rules(&name(), &load_balancer(&["10.99.0.1"]), &refs, &config());
+
+    let mut script = Script::default();
+    script.diff_service(Some(&without), Some(&with));
+    check(
+        script.render(),
+        "add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }\n",
+    );
+    let mut script = Script::default();
+    script.diff_service(Some(&with), Some(&without));
+    check(
+        script.render(),
+        "delete element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 }\n",
     );
 }

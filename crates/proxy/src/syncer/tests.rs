@@ -62,6 +62,7 @@ fn svc(i: u8) -> (ServiceName, ServiceInfo) {
             affinity_timeout: None,
             external_local: false,
             internal_local: false,
+            load_balancer_ips: Vec::new(),
         },
     )
 }

@@ -1,0 +1,559 @@
+//! The service load balancer, k3s's servicelb without its svclb pods: every
+//! Service of `type: LoadBalancer` without a `spec.loadBalancerClass` (a
+//! class means another implementation owns it, as in k3s) gets the
+//! addresses of the nodes that serve it in `status.loadBalancer.ingress`,
+//! written through `services/status`. The nodes that serve it are the
+//! Ready, schedulable ones not labelled
+//! `node.kubernetes.io/exclude-from-external-load-balancers`: every node's
+//! proxy captures the ingress addresses with the service's port (k3s uses
+//! the nodes running its svclb pods, which forward the port the same way).
+//! As in k3s, the nodes' ExternalIPs are used when some node has one, their
+//! InternalIPs otherwise, filtered and ordered by the service's
+//! `ipFamilies`, each family sorted. No serving node, no ingress. A service
+//! that stops being a LoadBalancer has its ingress cleared.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, ObjectReference, Service};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::events::{self, Note};
+use crate::{ControllerConfig, Error, Informers};
+use skiff_client::informer::Informer;
+
+/// Nodes with this label never serve load balancers (upstream's label).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// The `ipMode` written: the address is captured by every node's proxy
+/// (kube-proxy's meaning of `VIP`, also what the API server defaults).
+pub const IP_MODE_VIP: &str = "VIP";
+
+const COMPONENT: &str = "service-lb-controller";
+
+/// Whether this controller manages the service's load balancer: its type
+/// is `LoadBalancer` and it names no `loadBalancerClass`.
+pub fn is_managed(service: &Service) -> bool {
+    service.spec.as_ref().is_some_and(|s| {
+        s.type_.as_deref() == Some("LoadBalancer") && s.load_balancer_class.is_none()
+    })
+}
+
+/// Whether this controller leaves the service alone entirely: its load
+/// balancer belongs to another implementation (a `loadBalancerClass`).
+pub fn is_foreign(service: &Service) -> bool {
+    service
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.load_balancer_class.is_some())
+}
+
+/// Whether `node` serves load balancers: Ready, schedulable, not excluded.
+pub fn serves(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let schedulable = !node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let excluded = node
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL));
+    ready && schedulable && !excluded
+}
+
+/// The (InternalIP, ExternalIP) addresses of a serving node; both empty
+/// for a node that does not serve.
+fn node_addresses(node: &Node) -> (Vec<IpAddr>, Vec<IpAddr>) {
+    let (mut internal, mut external) = (Vec::new(), Vec::new());
+    if !serves(node) {
+        return (internal, external);
+    }
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addresses.into_iter().flatten() {
+        let Ok(ip) = a.address.parse::<IpAddr>() else {
+            continue;
+        };
+        match a.type_.as_str() {
+            "InternalIP" => internal.push(ip),
+            "ExternalIP" => external.push(ip),
+            _ => {}
+        }
+    }
+    (internal, external)
+}
+
+/// The pure decision: the ingress `service` should show, given every node.
+/// Empty for a service this controller does not manage.
+pub fn desired_ingress<N: Borrow<Node>>(
+    service: &Service,
+    nodes: &[N],
+) -> Vec<LoadBalancerIngress> {
+    if !is_managed(service) {
+        return Vec::new();
+    }
+    let (mut internal, mut external) = (BTreeSet::new(), BTreeSet::new());
+    for node in nodes {
+        let (i, e) = node_addresses(node.borrow());
+        internal.extend(i);
+        external.extend(e);
+    }
+    let ips = if external.is_empty() {
+        internal
+    } else {
+        external
+    };
+    let families: Vec<&str> = match service.spec.as_ref().and_then(|s| s.ip_families.as_ref()) {
+        Some(f) if !f.is_empty() => f.iter().map(String::as_str).collect(),
+        _ => vec!["IPv4"],
+    };
+    let mut out = Vec::new();
+    for family in families {
+        let v6 = match family {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => continue,
+        };
+        out.extend(
+            ips.iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| LoadBalancerIngress {
+                    ip: Some(ip.to_string()),
+                    ip_mode: Some(IP_MODE_VIP.into()),
+                    ..Default::default()
+                }),
+        );
+    }
+    out
+}
+
+/// What a service shows now.
+fn current_ingress(service: &Service) -> Vec<LoadBalancerIngress> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default()
+}
+
+fn ingress_ips(ingress: &[LoadBalancerIngress]) -> String {
+    let ips: Vec<&str> = ingress
+        .iter()
+        .map(|i| i.ip.as_deref().or(i.hostname.as_deref()).unwrap_or(""))
+        .collect();
+    format!("[{}]", ips.join(" "))
+}
+
+fn service_ref(svc: &Service) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: svc.metadata.name.clone(),
+        namespace: svc.metadata.namespace.clone(),
+        uid: svc.metadata.uid.clone(),
+        resource_version: svc.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    config: ControllerConfig,
+    nodes: Informer<Node>,
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if is_foreign(&svc) {
+        return Ok(Action::await_change());
+    }
+    let desired = desired_ingress(&svc, &ctx.nodes.list());
+    let current = current_ingress(&svc);
+    if desired != current {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        // A merge patch replaces the list; null removes it.
+        let ingress = if desired.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&desired)?
+        };
+        Api::<Service>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": ingress}}})),
+            )
+            .await?;
+        tracing::info!(service = %name, namespace = %ns, from = %ingress_ips(&current), to = %ingress_ips(&desired), "load balancer ingress updated");
+        // k3s's events: an unavailable balancer is worth a warning only
+        // while the service still asks for one.
+        let note = if !desired.is_empty() {
+            Some(Note::normal(
+                "UpdatedLoadBalancer",
+                format!(
+                    "Updated LoadBalancer with new IPs: {} -> {}",
+                    ingress_ips(&current),
+                    ingress_ips(&desired)
+                ),
+            ))
+        } else if is_managed(&svc) {
+            Some(Note::warning(
+                "UnAvailableLoadBalancer",
+                "There are no available nodes for LoadBalancer",
+            ))
+        } else {
+            None
+        };
+        if let Some(note) = note {
+            events::record(&ctx.client, &service_ref(&svc), COMPONENT, &note).await;
+        }
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+fn error_policy(svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(service = %svc.name_any(), error = %err, "load balancer reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// What a node contributes to load balancers; a node event that leaves it
+/// unchanged (a heartbeat) wakes no service.
+type Contribution = (Vec<IpAddr>, Vec<IpAddr>);
+
+/// Records what the node `name` contributes now (`None`: it is gone) and
+/// tells whether that differs from what was recorded before.
+fn contribution_changed(
+    seen: &mut BTreeMap<String, Contribution>,
+    name: String,
+    now: Option<&Node>,
+) -> bool {
+    let now = now.map(node_addresses);
+    let before = match &now {
+        Some(c) => seen.insert(name, c.clone()),
+        None => seen.remove(&name),
+    };
+    before != now
+}
+
+/// Runs the service load balancer controller until its watches end.
+pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        nodes: informers.nodes.clone(),
+    });
+    let controller = Controller::new(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let services = controller.store();
+    let nodes = informers.nodes.clone();
+    // Subscribed before the snapshot below, so no change falls between.
+    let node_events = informers.nodes.subscribe();
+    let seen: Mutex<BTreeMap<String, Contribution>> = Mutex::new(
+        nodes
+            .list()
+            .iter()
+            .map(|n| (n.name_any(), node_addresses(n)))
+            .collect(),
+    );
+    controller
+        // A node came, went, or changed readiness or addresses: every
+        // managed service looks again. The event carries the node after
+        // the change (or the last one seen for a deletion), so the cache
+        // tells which it was.
+        .watches_shared_stream(node_events, move |node| {
+            let name = node.name_any();
+            let now = nodes.get("", &name);
+            let changed = {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                contribution_changed(&mut seen, name, now.as_deref())
+            };
+            if !changed {
+                return Vec::new();
+            }
+            services
+                .state()
+                .into_iter()
+                .filter(|s| is_managed(s))
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerStatus, NodeAddress, NodeCondition, NodeSpec, NodeStatus, ServiceSpec,
+        ServiceStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str, ready: &str, addresses: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                addresses: Some(
+                    addresses
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: t.to_string(),
+                            address: a.to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn cordoned(mut n: Node) -> Node {
+        n.spec.as_mut().unwrap().unschedulable = Some(true);
+        n
+    }
+
+    fn excluded(mut n: Node) -> Node {
+        n.metadata.labels = Some([(EXCLUDE_LABEL.to_string(), String::new())].into());
+        n
+    }
+
+    fn service(type_: &str, class: Option<&str>, families: &[&str]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(type_.into()),
+                load_balancer_class: class.map(str::to_string),
+                ip_families: (!families.is_empty())
+                    .then(|| families.iter().map(|f| f.to_string()).collect()),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn ips(ingress: &[LoadBalancerIngress]) -> Vec<&str> {
+        ingress.iter().map(|i| i.ip.as_deref().unwrap()).collect()
+    }
+
+    #[test]
+    fn ingress_is_the_serving_nodes_addresses() {
+        let lb = service("LoadBalancer", None, &["IPv4"]);
+        let internal = |name: &str, ip: &str| node(name, "True", &[("InternalIP", ip)]);
+        // (name, service, nodes, want)
+        let cases: Vec<(&str, Service, Vec<Node>, Vec<&str>)> = vec![
+            (
+                "one ready node",
+                lb.clone(),
+                vec![internal("a", "10.99.0.1")],
+                vec!["10.99.0.1"],
+            ),
+            (
+                "sorted numerically and deduplicated",
+                lb.clone(),
+                vec![
+                    internal("a", "10.0.0.10"),
+                    internal("b", "10.0.0.9"),
+                    node(
+                        "c",
+                        "True",
+                        &[("InternalIP", "10.0.0.9"), ("Hostname", "c")],
+                    ),
+                ],
+                vec!["10.0.0.9", "10.0.0.10"],
+            ),
+            (
+                "not ready, unknown, cordoned and excluded nodes do not serve",
+                lb.clone(),
+                vec![
+                    internal("a", "10.0.0.1"),
+                    node("b", "False", &[("InternalIP", "10.0.0.2")]),
+                    node("c", "Unknown", &[("InternalIP", "10.0.0.3")]),
+                    cordoned(internal("d", "10.0.0.4")),
+                    excluded(internal("e", "10.0.0.5")),
+                ],
+                vec!["10.0.0.1"],
+            ),
+            (
+                "no ready node: no ingress",
+                lb.clone(),
+                vec![node("a", "False", &[("InternalIP", "10.0.0.1")])],
+                vec![],
+            ),
+            ("no nodes: no ingress", lb.clone(), vec![], vec![]),
+            (
+                "external addresses win when some node has one (k3s)",
+                lb.clone(),
+                vec![
+                    node(
+                        "a",
+                        "True",
+                        &[("InternalIP", "10.0.0.1"), ("ExternalIP", "203.0.113.7")],
+                    ),
+                    internal("b", "10.0.0.2"),
+                ],
+                vec!["203.0.113.7"],
+            ),
+            (
+                "an external address of a node that does not serve is not used",
+                lb.clone(),
+                vec![
+                    node(
+                        "a",
+                        "False",
+                        &[("InternalIP", "10.0.0.1"), ("ExternalIP", "203.0.113.7")],
+                    ),
+                    internal("b", "10.0.0.2"),
+                ],
+                vec!["10.0.0.2"],
+            ),
+            (
+                "only the service's families, in its order",
+                service("LoadBalancer", None, &["IPv6", "IPv4"]),
+                vec![node(
+                    "a",
+                    "True",
+                    &[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")],
+                )],
+                vec!["fd00::1", "10.0.0.1"],
+            ),
+            (
+                "IPv4 when the service names no family",
+                service("LoadBalancer", None, &[]),
+                vec![node(
+                    "a",
+                    "True",
+                    &[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")],
+                )],
+                vec!["10.0.0.1"],
+            ),
+            (
+                "a ClusterIP service gets none",
+                service("ClusterIP", None, &["IPv4"]),
+                vec![internal("a", "10.0.0.1")],
+                vec![],
+            ),
+            (
+                "a NodePort service gets none",
+                service("NodePort", None, &["IPv4"]),
+                vec![internal("a", "10.0.0.1")],
+                vec![],
+            ),
+            (
+                "a service with a load balancer class is someone else's",
+                service("LoadBalancer", Some("example.com/lb"), &["IPv4"]),
+                vec![internal("a", "10.0.0.1")],
+                vec![],
+            ),
+        ];
+        for (name, svc, nodes, want) in cases {
+            let got = desired_ingress(&svc, &nodes);
+            assert_eq!(ips(&got), want, "{name}");
+            assert!(
+                got.iter().all(|i| i.ip_mode.as_deref() == Some("VIP")
+                    && i.hostname.is_none()
+                    && i.ports.is_none()),
+                "{name}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_classless_load_balancers_are_managed_and_classed_ones_left_alone() {
+        let cases = [
+            ("LoadBalancer", None, true, false),
+            ("LoadBalancer", Some("example.com/lb"), false, true),
+            ("ClusterIP", None, false, false),
+            ("NodePort", None, false, false),
+        ];
+        for (type_, class, managed, foreign) in cases {
+            let svc = service(type_, class, &[]);
+            assert_eq!(is_managed(&svc), managed, "{type_} {class:?}");
+            assert_eq!(is_foreign(&svc), foreign, "{type_} {class:?}");
+        }
+    }
+
+    #[test]
+    fn only_node_changes_that_move_an_address_wake_the_services() {
+        let mut seen = BTreeMap::new();
+        let ready = node("a", "True", &[("InternalIP", "10.0.0.1")]);
+        let mut heartbeat = ready.clone();
+        heartbeat.metadata.resource_version = Some("2".into());
+        let other_ip = node("a", "True", &[("InternalIP", "10.0.0.2")]);
+        let not_ready = node("a", "False", &[("InternalIP", "10.0.0.2")]);
+        // (case, the node after the event, changed)
+        let steps = [
+            ("node added", Some(&ready), true),
+            ("heartbeat", Some(&heartbeat), false),
+            ("address changed", Some(&other_ip), true),
+            ("turned not ready", Some(&not_ready), true),
+            (
+                "cordoned while not ready",
+                Some(&cordoned(not_ready.clone())),
+                false,
+            ),
+            ("ready again", Some(&other_ip), true),
+            ("cordoned", Some(&cordoned(other_ip.clone())), true),
+            ("deleted", None, true),
+            ("deleted again", None, false),
+        ];
+        for (case, now, want) in steps {
+            assert_eq!(
+                contribution_changed(&mut seen, "a".into(), now),
+                want,
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_service_that_is_no_longer_a_load_balancer_is_cleared() {
+        let mut svc = service("ClusterIP", None, &["IPv4"]);
+        svc.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("10.0.0.1".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        let nodes = [node("a", "True", &[("InternalIP", "10.0.0.1")])];
+        assert!(desired_ingress(&svc, &nodes).is_empty());
+        assert_ne!(current_ingress(&svc), desired_ingress(&svc, &nodes));
+    }
+}
