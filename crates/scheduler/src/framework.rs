@@ -31,7 +31,8 @@ pub enum Code {
     /// backoff.
     Error,
     /// From a PreFilter: nothing to check for this pod, so the plugin's
-    /// Filter is not run this cycle (upstream's `Skip`).
+    /// Filter is not run this cycle; from a PreScore: the same for Score
+    /// (upstream's `Skip`).
     Skip,
 }
 
@@ -333,8 +334,10 @@ pub trait FilterPlugin: Send + Sync {
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status;
 }
 
-/// Ranks feasible nodes. `pre_score` sees them all first; `normalize`
-/// brings raw scores to `0..=MAX_NODE_SCORE`.
+/// Ranks feasible nodes. `pre_score` sees them all first, and answers
+/// Skip when the plugin would score every node the same (its Score and
+/// Normalize then do not run and it adds nothing, as upstream);
+/// `normalize` brings raw scores to `0..=MAX_NODE_SCORE`.
 pub trait ScorePlugin: Send + Sync {
     fn pre_score(
         &self,
@@ -342,7 +345,8 @@ pub trait ScorePlugin: Send + Sync {
         _pod: &PodInfo,
         _feasible: &[&NodeInfo],
         _snapshot: &Snapshot,
-    ) {
+    ) -> Status {
+        Status::success()
     }
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64;
     fn normalize(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}
@@ -494,7 +498,9 @@ impl Profile {
         let mut totals = vec![0i64; feasible.len()];
         for (_, p, weight) in &self.scores {
             let Some(sp) = p.score() else { continue };
-            sp.pre_score(state, pod, feasible, snapshot);
+            if sp.pre_score(state, pod, feasible, snapshot).code == Code::Skip {
+                continue;
+            }
             let mut scores: Vec<i64> = feasible.iter().map(|n| sp.score(state, pod, n)).collect();
             sp.normalize(state, pod, &mut scores);
             for (t, s) in totals.iter_mut().zip(scores) {

@@ -310,7 +310,7 @@ impl ScorePlugin for InterPodAffinity {
         pod: &PodInfo,
         _feasible: &[&NodeInfo],
         snapshot: &Snapshot,
-    ) {
+    ) -> Status {
         let terms = PodTerms::of(pod);
         let cluster = snapshot.cluster;
         let mut scores: HashMap<String, HashMap<String, i64>> = HashMap::new();
@@ -367,7 +367,12 @@ impl ScorePlugin for InterPodAffinity {
                 }
             }
         }
+        if scores.is_empty() {
+            // Every node would score the same.
+            return Status::skip();
+        }
         state.write(SCORE_KEY, ScoreState(scores));
+        Status::success()
     }
 
     fn score(&self, state: &CycleState, _pod: &PodInfo, node: &NodeInfo) -> i64 {

@@ -228,8 +228,12 @@ impl ScorePlugin for PodTopologySpread {
         pod: &PodInfo,
         feasible: &[&NodeInfo],
         snapshot: &Snapshot,
-    ) {
+    ) -> Status {
         let cs = constraints(pod, "ScheduleAnyway");
+        if cs.is_empty() {
+            // No soft constraints: every node would score the same.
+            return Status::skip();
+        }
         let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); cs.len()];
         let mut ignored = std::collections::HashSet::new();
         for node in feasible {
@@ -279,13 +283,14 @@ impl ScorePlugin for PodTopologySpread {
                 ignored,
             },
         );
+        Status::success()
     }
 
     fn score(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
         let Some(s) = state.read::<ScoreState>(SCORE_KEY) else {
             return 0;
         };
-        if s.ignored.contains(node.name()) {
+        if !s.ignored.is_empty() && s.ignored.contains(node.name()) {
             return -1;
         }
         let mut score = 0.0;
