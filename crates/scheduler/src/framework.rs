@@ -309,8 +309,8 @@ pub struct Snapshot<'a> {
 #[derive(Default)]
 pub struct CycleState {
     data: HashMap<&'static str, Box<dyn Any + Send + Sync>>,
-    /// Plugins whose PreFilter answered Skip.
-    skipped_filters: Vec<&'static str>,
+    /// Per filter plugin of the profile: its PreFilter answered Skip.
+    skipped_filters: Vec<bool>,
 }
 
 impl CycleState {
@@ -399,7 +399,8 @@ pub enum ProfileError {
 /// weights.
 #[derive(Clone)]
 pub struct Profile {
-    pre_filters: Vec<(&'static str, Arc<dyn Plugin>)>,
+    /// With the index of the plugin in `filters`.
+    pre_filters: Vec<(&'static str, Arc<dyn Plugin>, usize)>,
     filters: Vec<(&'static str, Arc<dyn Plugin>)>,
     scores: Vec<(&'static str, Arc<dyn Plugin>, i64)>,
 }
@@ -432,7 +433,8 @@ impl Profile {
                 });
             }
             if p.pre_filter().is_some() {
-                profile.pre_filters.push((p.name(), p.clone()));
+                let index = profile.filters.len();
+                profile.pre_filters.push((p.name(), p.clone(), index));
             }
             profile.filters.push((p.name(), p));
         }
@@ -456,11 +458,12 @@ impl Profile {
         snapshot: &Snapshot,
     ) -> Status {
         state.skipped_filters.clear();
-        for (name, p) in &self.pre_filters {
+        state.skipped_filters.resize(self.filters.len(), false);
+        for (name, p, index) in &self.pre_filters {
             if let Some(pf) = p.pre_filter() {
                 let s = pf.pre_filter(state, pod, snapshot);
                 if s.code == Code::Skip {
-                    state.skipped_filters.push(name);
+                    state.skipped_filters[*index] = true;
                     continue;
                 }
                 if !s.is_success() {
@@ -473,8 +476,8 @@ impl Profile {
 
     /// The first failing filter's status, or Success.
     pub fn run_filters(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        for (name, p) in &self.filters {
-            if state.skipped_filters.contains(name) {
+        for (i, (name, p)) in self.filters.iter().enumerate() {
+            if state.skipped_filters.get(i).copied().unwrap_or(false) {
                 continue;
             }
             if let Some(f) = p.filter() {
