@@ -51,11 +51,37 @@ pub async fn admit_create(
     Ok(())
 }
 
+/// The label every namespace carries with its own name
+/// (`kubernetes.io/metadata.name`), so that a namespace selector can pick
+/// one namespace by name (NetworkPolicy peers, webhooks).
+pub const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Sets [`NAME_LABEL`] to the namespace's name, whatever the client sent,
+/// as the namespace strategy does on create and update.
+pub fn label_with_name(ns: &mut Value) {
+    let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
+        return;
+    };
+    let name = Value::String(name.to_string());
+    let meta = registry::meta_mut(ns);
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(NAME_LABEL.into(), name);
+    }
+}
+
 /// The namespace strategies' `PrepareForUpdate`: `spec.finalizers` changes
 /// only through `finalize` (and `status` only through `status`, which the
-/// generic update already enforces).
+/// generic update already enforces); the name label stays.
 pub fn prepare_update(def: &ResourceDef, sub: Option<Subresource>, old: &Value, new: &mut Value) {
-    if !is_namespaces(def) || sub == Some(Subresource::Finalize) {
+    if !is_namespaces(def) {
+        return;
+    }
+    label_with_name(new);
+    if sub == Some(Subresource::Finalize) {
         return;
     }
     let kept = old.pointer("/spec/finalizers").cloned();
@@ -155,6 +181,33 @@ pub async fn delete(
 mod tests {
     use super::*;
     use crate::resources::find;
+
+    #[test]
+    fn a_namespace_always_carries_its_name_label() {
+        let nss = find("", "v1", "namespaces").expect("namespaces");
+        let old = json!({"metadata": {"name": "demo", "labels": {NAME_LABEL: "demo"}}});
+        let cases = [
+            ("labels removed", json!({"metadata": {"name": "demo"}})),
+            (
+                "label changed",
+                json!({"metadata": {"name": "demo", "labels": {NAME_LABEL: "other", "team": "a"}}}),
+            ),
+            (
+                "labels not a map",
+                json!({"metadata": {"name": "demo", "labels": null}}),
+            ),
+        ];
+        for (case, mut new) in cases {
+            prepare_update(nss, None, &old, &mut new);
+            assert_eq!(new["metadata"]["labels"][NAME_LABEL], "demo", "{case}");
+        }
+        let mut created = json!({"metadata": {"name": "fresh", "labels": {"team": "a"}}});
+        label_with_name(&mut created);
+        assert_eq!(
+            created["metadata"]["labels"],
+            json!({"team": "a", NAME_LABEL: "fresh"})
+        );
+    }
 
     #[test]
     fn namespace_updates_keep_spec_finalizers_except_through_finalize() {

@@ -981,6 +981,7 @@ fn default_namespace(obj: &mut Value) {
             .or_insert_with(|| json!(["kubernetes"]));
     }
     map.insert("status".into(), json!({"phase": "Active"}));
+    crate::namespaces::label_with_name(obj);
 }
 
 /// Everything but `metadata` and `status`: what bumps `generation`.

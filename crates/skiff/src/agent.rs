@@ -33,6 +33,8 @@ pub struct AgentOptions {
     pub overlay: skiff_node::routes::Overlay,
     /// The service range the proxy routes (`None`: no service proxy).
     pub service_cidr: Option<String>,
+    /// Enforce NetworkPolicies on this node's pods.
+    pub network_policy: bool,
     /// Rotation of containers' log files.
     pub container_logs: skiff_node::LogRotationPolicy,
     /// Garbage collection of unused images.
@@ -102,6 +104,15 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
         }
         None => None,
     };
+    let _network_policy = opts.network_policy.then(|| {
+        let config = skiff_netpol::Config::new(node_name.clone());
+        let client = client.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = skiff_netpol::run(client, config).await {
+                tracing::error!(error = %e, "network policy enforcement stopped");
+            }
+        }))
+    });
     skiff_node::run(client, config, runtime)
         .await
         .context("the node agent stopped")

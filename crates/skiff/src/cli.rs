@@ -150,6 +150,9 @@ pub struct NodeArgs {
     /// Do not run the service proxy on this node.
     #[arg(long)]
     pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies on this node's pods.
+    #[arg(long)]
+    pub disable_network_policy: bool,
     /// A container's log file is rotated when it reaches this size (a
     /// quantity, e.g. 10Mi), as the kubelet's containerLogMaxSize.
     #[arg(long, default_value = "10Mi")]
@@ -266,6 +269,7 @@ impl NodeArgs {
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             overlay: self.flannel_backend,
             service_cidr: (!self.disable_kube_proxy).then(|| service_cidr.to_string()),
+            network_policy: !self.disable_network_policy,
             private_registry: self.private_registry.clone(),
         })
     }

@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::{Cluster, Netns, path_str, stage_image, stop};
+use common::{Cluster, MultiNode, path_str};
 
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
@@ -107,18 +105,6 @@ fn a_deployment_applied_with_kubectl_runs_as_real_containers_on_the_local_node()
     Ok(())
 }
 
-/// `skiff agent` on a second host, joined with the server's token.
-struct Agent {
-    child: Child,
-    _netns: Netns,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
 const SPREAD: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -148,47 +134,8 @@ spec:
 "#;
 
 fn two_nodes_reach_each_others_pods(backend: &str) -> Result<()> {
-    ensure!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs containers and network namespaces: run it as root"
-    );
-    let (a, b) = Netns::linked_pair(&format!("two-{backend}"))?;
-    let cluster = Cluster::start_in(a, &["--flannel-backend", backend])?;
-    let token = std::fs::read_to_string(cluster.dir.path().join("server/token"))?;
-    let agent_data = cluster.dir.path().join("agent-b");
-    stage_image(&agent_data)?;
-    let log = std::fs::File::create(cluster.dir.path().join("agent.log"))?;
-    let child = b
-        .command(env!("CARGO_BIN_EXE_skiff"))
-        .args(["agent", "--server", "https://10.99.0.1:6443", "--token"])
-        .arg(token.trim())
-        .arg("--data-dir")
-        .arg(&agent_data)
-        .args([
-            "--node-name",
-            "node-b",
-            "--node-ip",
-            "10.99.0.2",
-            "--flannel-backend",
-            backend,
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting skiff agent")?;
-    let _agent = Agent { child, _netns: b };
-    cluster.wait_for(
-        &[
-            "get",
-            "node",
-            "node-b",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ],
-        "True",
-        Duration::from_secs(90),
-    )?;
+    let nodes = MultiNode::two_nodes(&format!("two-{backend}"), &["--flannel-backend", backend])?;
+    let cluster = &nodes.cluster;
 
     let file = cluster.write("spread.yaml", SPREAD)?;
     cluster.ok(&["apply", "-f", path_str(&file)?])?;

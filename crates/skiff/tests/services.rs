@@ -92,19 +92,6 @@ fn start_with_web(client: bool) -> Result<(Cluster, Vec<(String, String)>)> {
     Ok((cluster, web))
 }
 
-fn cluster_ip(cluster: &Cluster, service: &str) -> Result<String> {
-    let ip = cluster.ok(&[
-        "get",
-        "service",
-        service,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
-    let ip = ip.trim().to_string();
-    ensure!(ip.starts_with("10.43."), "{service}: clusterIP {ip:?}");
-    Ok(ip)
-}
-
 /// `/testbin ARGS` in the client pod: (success, stdout, stderr).
 fn in_client(cluster: &Cluster, args: &[&str]) -> Result<(bool, String, String)> {
     let mut all = vec!["exec", "client", "--", "/testbin"];
@@ -136,21 +123,6 @@ fn client_get(cluster: &Cluster, url: &str) -> Result<String> {
     }
 }
 
-/// `testbin http-get URL` run by the host, inside the test's namespace.
-fn host_get(cluster: &Cluster, url: &str) -> Result<(bool, String, String)> {
-    let out = cluster
-        .netns
-        .command(skiff_testing::testbin_binary()?)
-        .args(["http-get", url])
-        .output()
-        .context("running testbin http-get")?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 #[test]
 fn a_node_port_answers_on_the_node_address_until_its_service_is_deleted() -> Result<()> {
     let (cluster, web) = start_with_web(false)?;
@@ -179,7 +151,7 @@ fn a_node_port_answers_on_the_node_address_until_its_service_is_deleted() -> Res
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, body, err) = host_get(&cluster, &url)?;
+        let (ok, body, err) = cluster.netns.http_get(&url)?;
         if ok {
             ensure!(
                 names.contains(body.as_str()),
@@ -199,7 +171,7 @@ fn a_node_port_answers_on_the_node_address_until_its_service_is_deleted() -> Res
     cluster.ok(&["delete", "service", "web"])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, body, err) = host_get(&cluster, &url)?;
+        let (ok, body, err) = cluster.netns.http_get(&url)?;
         if !ok {
             break;
         }
@@ -222,7 +194,7 @@ fn pods_resolve_services_through_the_cluster_dns() -> Result<()> {
          apiVersion: v1\nkind: Service\nmetadata: {name: web-headless}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{port: 8080}]\n",
     )?;
     cluster.ok(&["apply", "-f", path_str(&svc)?])?;
-    let ip = cluster_ip(&cluster, "web")?;
+    let ip = cluster.cluster_ip("web")?;
     let mut pod_ips: Vec<String> = web.iter().map(|(_, ip)| ip.clone()).collect();
     pod_ips.sort();
 
@@ -274,7 +246,7 @@ fn client_ip_affinity_pins_a_client_to_one_pod_and_without_it_both_answer() -> R
     cluster.ok(&["apply", "-f", path_str(&svc)?])?;
     let names: BTreeSet<String> = web.iter().map(|(n, _)| n.clone()).collect();
 
-    let sticky = format!("http://{}:80/hostname", cluster_ip(&cluster, "sticky")?);
+    let sticky = format!("http://{}:80/hostname", cluster.cluster_ip("sticky")?);
     let mut seen = BTreeSet::new();
     for _ in 0..10 {
         seen.insert(client_get(&cluster, &sticky)?);
@@ -284,7 +256,7 @@ fn client_ip_affinity_pins_a_client_to_one_pod_and_without_it_both_answer() -> R
         "with ClientIP affinity one client reached {seen:?} (pods {names:?})"
     );
 
-    let spread = format!("http://{}:80/hostname", cluster_ip(&cluster, "spread")?);
+    let spread = format!("http://{}:80/hostname", cluster.cluster_ip("spread")?);
     let mut seen = BTreeSet::new();
     for _ in 0..30 {
         seen.insert(client_get(&cluster, &spread)?);
@@ -338,7 +310,7 @@ fn a_pod_that_turns_unready_leaves_the_rotation_within_two_seconds() -> Result<(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
     )?;
     cluster.ok(&["apply", "-f", path_str(&svc)?])?;
-    let url = format!("http://{}:80/hostname", cluster_ip(&cluster, "web")?);
+    let url = format!("http://{}:80/hostname", cluster.cluster_ip("web")?);
     let names: BTreeSet<String> = web.iter().map(|(n, _)| n.clone()).collect();
     let mut seen = BTreeSet::new();
     for _ in 0..30 {
@@ -457,7 +429,7 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
     let url = "http://10.99.0.1:8080/hostname";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (ok, body, err) = host_get(&cluster, url)?;
+        let (ok, body, err) = cluster.netns.http_get(url)?;
         if ok {
             ensure!(
                 names.contains(&body),
@@ -486,7 +458,7 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
     cluster.wait_for(&ingress, "", Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, body, err) = host_get(&cluster, url)?;
+        let (ok, body, err) = cluster.netns.http_get(url)?;
         if !ok {
             break;
         }

@@ -1,7 +1,8 @@
 //! The end-to-end harness shared by this crate's test binaries: network
 //! namespaces the tests own (no route leaves them), `skiff server` started
 //! inside one with the test image staged, and the real kubectl run in the
-//! same namespace.
+//! same namespace; for several nodes, `skiff agent`s in further namespaces
+//! linked to the server's by veth pairs.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::os::unix::process::CommandExt;
@@ -68,6 +69,21 @@ impl Netns {
             .arg(program);
         c
     }
+
+    /// `testbin http-get URL` run by the host itself, inside the namespace:
+    /// (success, body, stderr).
+    pub fn http_get(&self, url: &str) -> Result<(bool, String, String)> {
+        let out = self
+            .command(skiff_testing::testbin_binary()?)
+            .args(["http-get", url])
+            .output()
+            .context("running testbin http-get")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
 }
 
 impl Drop for Netns {
@@ -131,14 +147,7 @@ impl Drop for Cluster {
     /// the server stops; otherwise their processes and mounts would stay
     /// behind in a namespace nobody can reach.
     fn drop(&mut self) {
-        let _ = self.kubectl(&[
-            "delete",
-            "deployments,replicasets,daemonsets,statefulsets,jobs,pods",
-            "--all",
-            "--all-namespaces",
-            "--grace-period=1",
-            "--timeout=60s",
-        ]);
+        self.delete_workloads();
     }
 }
 
@@ -231,6 +240,33 @@ impl Cluster {
         self.wait_node_ready()
     }
 
+    /// Deletes every workload and pod, waiting (up to a minute) until
+    /// their nodes' agents have stopped their containers.
+    pub fn delete_workloads(&self) {
+        let _ = self.kubectl(&[
+            "delete",
+            "deployments,replicasets,daemonsets,statefulsets,jobs,pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=1",
+            "--timeout=60s",
+        ]);
+    }
+
+    /// The service's ClusterIP (checked to be in the service range).
+    pub fn cluster_ip(&self, service: &str) -> Result<String> {
+        let ip = self.ok(&[
+            "get",
+            "service",
+            service,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        let ip = ip.trim().to_string();
+        ensure!(ip.starts_with("10.43."), "{service}: clusterIP {ip:?}");
+        Ok(ip)
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
         self.netns
             .command("/usr/bin/kubectl")
@@ -287,9 +323,189 @@ impl Cluster {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.dir.path().join("server.log"))
+    }
+
+    /// Joins `skiff agent` in `netns` (a host linked to the server's, as
+    /// by [`Netns::linked_pair`]) to this cluster's server at
+    /// `https://10.99.0.1:6443` with the server's token, as node `name`
+    /// with address `ip`; its data under `<dir>/agent-<name>` with the test
+    /// image staged, its log in `<dir>/<name>.log`. Returns once the node
+    /// is Ready.
+    pub fn join(&self, netns: Netns, name: &str, ip: &str, extra: &[&str]) -> Result<Agent> {
+        let token = std::fs::read_to_string(self.dir.path().join("server/token"))?;
+        let data = self.dir.path().join(format!("agent-{name}"));
+        stage_image(&data)?;
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = netns
+            .command(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--server", "https://10.99.0.1:6443", "--token"])
+            .arg(token.trim())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--node-name", name, "--node-ip", ip])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting skiff agent")?;
+        let agent = Agent {
+            child,
+            netns,
+            log: log_path,
+        };
+        let ready = self.wait_for(
+            &[
+                "get",
+                "node",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+            "True",
+            Duration::from_secs(90),
+        );
+        ready.with_context(|| format!("agent {name} log tail:\n{}", agent.log_tail()))?;
+        Ok(agent)
+    }
+}
+
+/// A manifest document (starting with `---`) of a pod that only waits,
+/// bound to `node`, in `namespace`, with `labels` (a YAML flow map).
+pub fn pause_pod(name: &str, namespace: &str, node: &str, labels: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  labels: {labels}
+spec:
+  nodeName: {node}
+  containers:
+  - name: client
+    image: skiff.test/testbin:1
+    imagePullPolicy: Never
+    args: ["pause"]
+"#
+    )
+}
+
+/// The last 40 lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `skiff agent` on a host of its own, joined by [`Cluster::join`];
+/// stopped on drop, before its namespace goes.
+pub struct Agent {
+    child: Child,
+    pub netns: Netns,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A server (`node-a`, whose local agent is one node) and agents joined to
+/// it. Containers outlive their agent by design, so dropping it first
+/// deletes the workloads while every agent still runs, then stops the
+/// agents, then the server.
+pub struct MultiNode {
+    // Fields drop in this order: agents before the cluster.
+    pub agents: Vec<Agent>,
+    pub cluster: Cluster,
+}
+
+impl Drop for MultiNode {
+    fn drop(&mut self) {
+        self.cluster.delete_workloads();
+    }
+}
+
+impl MultiNode {
+    /// Two hosts joined by a veth link: `skiff server` as `node-a` on
+    /// 10.99.0.1 and `skiff agent` as `node-b` on 10.99.0.2, both given
+    /// `node_args` (e.g. `--flannel-backend host-gw`). Returns once both
+    /// nodes are Ready.
+    pub fn two_nodes(tag: &str, node_args: &[&str]) -> Result<MultiNode> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "this test runs containers and network namespaces: run it as root"
+        );
+        let (a, b) = Netns::linked_pair(tag)?;
+        let cluster = Cluster::start_in(a, node_args)?;
+        let agent = cluster.join(b, "node-b", "10.99.0.2", node_args)?;
+        Ok(MultiNode {
+            agents: vec![agent],
+            cluster,
+        })
+    }
+
+    /// Runs `attempt` every 500 ms until it gives `Ok(value)`, for at most
+    /// `timeout`; `Err(output)` means "not yet", and the last one goes into
+    /// the error, with the nodes' logs.
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut attempt: impl FnMut() -> Result<Result<T, String>>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match attempt()? {
+                Ok(value) => return Ok(value),
+                Err(last) => last,
+            };
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "{what}: not within {timeout:?}; last: {last}\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `/testbin ARGS` in `pod` through `kubectl exec`: (success, stdout,
+    /// stderr).
+    pub fn in_pod(&self, pod: &str, args: &[&str]) -> Result<(bool, String, String)> {
+        let mut all = vec!["exec", pod, "--", "/testbin"];
+        all.extend_from_slice(args);
+        let out = self.cluster.kubectl(&all)?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The server's log tail and each agent's, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut all = format!("server log tail:\n{}", self.cluster.log_tail());
+        for agent in &self.agents {
+            all.push_str(&format!(
+                "\n{} agent log tail:\n{}",
+                agent.netns.name,
+                agent.log_tail()
+            ));
+        }
+        all
     }
 }
 
