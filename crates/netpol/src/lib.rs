@@ -23,10 +23,10 @@ pub mod rules;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -138,29 +138,47 @@ fn namespaced_key<K: Resource>(o: &K) -> (String, String) {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
+type Events<K> = Pin<Box<dyn Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send>>;
+
+/// A cluster-wide watch of `K`, with the watcher's default backoff.
+fn events<K>(client: &kube::Client) -> Events<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed()
+}
+
+/// The next event of a watch that may not be running: never, when it is
+/// not.
+async fn next<K>(
+    events: &mut Option<Events<K>>,
+) -> Option<Result<watcher::Event<K>, watcher::Error>> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs enforcement until a watch ends for good.
 pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     if config.node_name.is_empty() {
         return Err(Error::Config("node name is empty".into()));
     }
     let nft = NftCli::new(config.host_netns.clone());
-    let mut pods = pin!(
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff()
-    );
-    let mut namespaces = pin!(
-        watcher(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default()
-        )
-        .default_backoff()
-    );
     let mut policies = pin!(
         watcher(
-            Api::<NetworkPolicy>::all(client),
+            Api::<NetworkPolicy>::all(client.clone()),
             watcher::Config::default()
         )
         .default_backoff()
     );
+    // Pods and namespaces are watched only while some policy exists: a
+    // cluster without policies costs its nodes no pod watch.
+    let mut pods: Option<Events<Pod>> = None;
+    let mut namespaces: Option<Events<Namespace>> = None;
     let mut state = State::default();
     let (mut pod_mirror, mut ns_mirror, mut policy_mirror) =
         (Mirror::new(), Mirror::new(), Mirror::new());
@@ -173,15 +191,25 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     tracing::info!(node = %config.node_name, netns = ?config.host_netns, "network policy enforcement starting");
 
     loop {
-        let can_sync = dirty && pod_mirror.listed && ns_mirror.listed && policy_mirror.listed;
+        let wanted = !state.policies.is_empty();
+        if wanted && pods.is_none() {
+            pods = Some(events(&client));
+            namespaces = Some(events(&client));
+        } else if !wanted && pods.is_some() {
+            (pods, namespaces) = (None, None);
+            (state.pods, state.namespaces) = Default::default();
+            (pod_mirror, ns_mirror) = (Mirror::new(), Mirror::new());
+        }
+        let can_sync =
+            dirty && policy_mirror.listed && (!wanted || (pod_mirror.listed && ns_mirror.listed));
         tokio::select! {
-            event = pods.next() => {
+            event = next(&mut pods) => {
                 match event.ok_or(Error::WatchEnded { resource: "pods" })? {
                     Ok(e) => dirty |= pod_mirror.apply(&mut state.pods, e, namespaced_key, PodInfo::from_pod),
                     Err(e) => tracing::warn!(error = %e, "pods watch"),
                 }
             }
-            event = namespaces.next() => {
+            event = next(&mut namespaces) => {
                 match event.ok_or(Error::WatchEnded { resource: "namespaces" })? {
                     Ok(e) => dirty |= ns_mirror.apply(&mut state.namespaces, e, |ns| ns.name_any(), |ns| Some(model::namespace_labels(ns))),
                     Err(e) => tracing::warn!(error = %e, "namespaces watch"),
