@@ -1,7 +1,7 @@
 //! skiff-netpol: NetworkPolicy enforcement on one node, the job k3s gives
-//! its embedded network policy controller. It watches Pods, Namespaces and
-//! NetworkPolicies (one watch each, cluster-wide: a policy on this node's
-//! pods can name pods anywhere) and keeps one nftables table,
+//! its embedded network policy controller. It watches NetworkPolicies and,
+//! while any exists, Pods and Namespaces (cluster-wide: a policy on this
+//! node's pods can name pods anywhere), and keeps one nftables table,
 //! `ip skiff-netpol`, in step with them: each of this node's pods that a
 //! policy isolates gets a chain that lets through only what the policies
 //! selecting it allow, for ingress and egress (see [`rules`]).
