@@ -85,7 +85,8 @@ add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto
 add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 ip saddr 10.42.0.3 jump mark-for-masquerade
 add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 meta l4proto tcp dnat to 10.42.0.3:8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080, 1 : goto endpoint-default/web/tcp/80__10.42.0.3/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 ",
@@ -118,7 +119,7 @@ add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto
 add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
@@ -194,7 +195,8 @@ add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 meta l4proto
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
 add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.2/8080 goto endpoint-default/web/tcp/80__10.42.0.2/8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.3/8080 goto endpoint-default/web/tcp/80__10.42.0.3/8080
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080, 1 : goto endpoint-default/web/tcp/80__10.42.0.3/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 ",
@@ -222,9 +224,10 @@ add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local jump ma
 add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local goto service-default/web/tcp/80
 add rule ip skiff-proxy external-default/web/tcp/80 goto local-default/web/tcp/80
 add rule ip skiff-proxy local-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy local-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }
+add rule ip skiff-proxy local-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080, 1 : goto endpoint-default/web/tcp/80__10.42.0.3/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
@@ -242,9 +245,7 @@ fn internal_traffic_policy_local_uses_local_endpoints_and_drops_without_any() {
         "{got}"
     );
     assert!(
-        got.contains(
-            "numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }"
-        ),
+        got.contains("goto endpoint-default/web/tcp/80__10.42.0.2/8080"),
         "{got}"
     );
     assert!(!got.contains("10.42.0.3"), "remote endpoint used: {got}");
@@ -288,7 +289,7 @@ fn an_endpoint_going_unready_rewrites_only_the_service_chain_and_deletes_its_end
         "\
 flush chain ip skiff-proxy service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
 flush chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 delete chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 ",
@@ -445,7 +446,7 @@ add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto
 add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 1 vmap { 0 : goto endpoint-default/web/tcp/80__10.42.0.2/8080 }
+add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }
@@ -535,4 +536,54 @@ fn an_ingress_address_coming_and_going_changes_only_its_map_element() {
         script.render(),
         "delete element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 }\n",
     );
+}
+
+#[test]
+fn the_random_cascade_gives_every_endpoint_the_same_chance() {
+    for n in 1..=7usize {
+        let infos: Vec<EndpointInfo> = (0..n)
+            .map(|i| EndpointInfo {
+                ip: Ipv4Addr::new(10, 42, 0, 2 + i as u8),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: None,
+            })
+            .collect();
+        let eps: Vec<Ep<'_>> = infos
+            .iter()
+            .map(|info| Ep {
+                ip: info.ip,
+                port: 8080,
+                info,
+            })
+            .collect();
+        let rules = pick_at_random("default/web/tcp/80", &eps);
+        assert_eq!(rules.len(), n);
+        // The chance that rule i is reached and taken, read off the text.
+        let mut reach = 1.0f64;
+        for (i, rule) in rules.iter().enumerate() {
+            let want_target = format!("goto {}", endpoint_chain("default/web/tcp/80", &eps[i]));
+            assert!(rule.ends_with(&want_target), "{rule}");
+            let taken = match rule.strip_prefix("numgen random mod ") {
+                Some(rest) => {
+                    let m: f64 = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|m| m.parse().ok())
+                        .expect("modulus");
+                    assert!(rest.contains(" == 0 goto "), "{rule}");
+                    1.0 / m
+                }
+                None => {
+                    assert_eq!(i, n - 1, "only the last rule is unconditional");
+                    1.0
+                }
+            };
+            let p = reach * taken;
+            assert!((p - 1.0 / n as f64).abs() < 1e-12, "n={n} rule {i}: {p}");
+            reach -= p;
+        }
+        assert!(reach.abs() < 1e-12, "n={n}: {reach} left over");
+    }
 }

@@ -250,7 +250,7 @@ fn a_slice_moving_to_another_service_updates_both() {
         script.contains("no-endpoint-services { 10.43.0.1 . tcp . 80 : goto reject-chain }"),
         "{script}"
     );
-    assert!(script.contains("numgen random mod 3"), "{script}");
+    assert!(script.contains("numgen random mod 3 == 0 goto"), "{script}");
 }
 
 #[test]
