@@ -339,6 +339,21 @@ pub enum BenchCommand {
     /// node with the built-in runtime, and the agent's memory. Runs its
     /// server and agent in a network namespace it creates (needs root).
     Startup(BenchStartupArgs),
+    /// The service proxy's sync times on synthetic services (full sync,
+    /// resync, endpoint change to rules in place), in a network namespace
+    /// it creates (needs root and `nft`).
+    Proxy(BenchProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProxyArgs {
+    /// Services per round, comma-separated; each round starts on an empty
+    /// table.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
+    pub services: Vec<usize>,
+    /// Ready endpoints per service.
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
 }
 
 #[derive(Debug, Args)]
@@ -483,6 +498,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
         Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,
         Command::Bench(BenchCommand::Startup(args)) => bench_startup(args).await,
+        Command::Bench(BenchCommand::Proxy(args)) => bench_proxy(args).await,
         Command::Scheduler(args) => {
             let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
             skiff_scheduler::run(
@@ -851,6 +867,21 @@ fn no_transparent_huge_pages() {
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
         tracing::warn!(error = %e, "could not turn off transparent huge pages");
     }
+}
+
+async fn bench_proxy(args: BenchProxyArgs) -> Result<()> {
+    for services in args.services {
+        let report = skiff_proxy::bench::run(services, args.endpoints)
+            .await
+            .with_context(|| {
+                format!(
+                    "proxy benchmark, {services} services x {} endpoints",
+                    args.endpoints
+                )
+            })?;
+        println!("{report}");
+    }
+    Ok(())
 }
 
 async fn bench_startup(args: BenchStartupArgs) -> Result<()> {
