@@ -6,6 +6,7 @@
 
 pub mod api;
 mod child;
+pub mod connections;
 pub mod scale;
 pub mod startup;
 pub mod stats;

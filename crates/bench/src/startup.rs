@@ -34,7 +34,7 @@ use crate::stats::Samples;
 /// namespace it runs in.
 pub const NETNS_ENV: &str = "SKIFF_BENCH_NETNS";
 
-const LABEL: &str = "skiff-bench";
+pub(crate) const LABEL: &str = "skiff-bench";
 const NODE_NAME: &str = "bench-node";
 const NODE_IP: &str = "10.99.0.1";
 
@@ -132,19 +132,43 @@ pub fn run_isolated(binary: &Path, args: &[String]) -> Result<()> {
     result
 }
 
-struct Processes {
-    server: tokio::process::Child,
-    agent: tokio::process::Child,
-}
-
 /// Runs the benchmark; must already be inside the namespace
 /// [`run_isolated`] made (it binds the node address 10.99.0.1).
 pub async fn run(config: StartupBenchConfig) -> Result<Vec<RoundFigures>> {
+    let node = NodeConfig {
+        binary: config.binary.clone(),
+        image_archive: config.image_archive.clone(),
+        work_dir: config.work_dir.clone(),
+    };
+    with_node(&node, |client, agent_pid, agent_data| async move {
+        rounds(&client, &config, agent_pid, &agent_data).await
+    })
+    .await
+}
+
+/// What [`with_node`] starts.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConfig {
+    pub binary: PathBuf,
+    pub image_archive: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+/// Starts `skiff server --disable-agent` and a separate `skiff agent` with
+/// the test image staged, waits for the node to be Ready, runs `body` with
+/// an admin client, the agent's pid and its data dir, then deletes every
+/// pod labelled [`LABEL`] and stops both. Must already run inside the
+/// namespace [`run_isolated`] made.
+pub(crate) async fn with_node<T, F, Fut>(config: &NodeConfig, body: F) -> Result<T>
+where
+    F: FnOnce(kube::Client, u32, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     if std::env::var_os(NETNS_ENV).is_none() {
-        bail!("the startup benchmark runs a node agent: start it through run_isolated");
+        bail!("this benchmark runs a node agent: start it through run_isolated");
     }
     let scratch = tempfile::Builder::new()
-        .prefix("skiff-bench-startup-")
+        .prefix("skiff-bench-node-")
         .tempdir_in(&config.work_dir)?;
     let dir = scratch.path();
     let server_data = dir.join("server");
@@ -171,7 +195,7 @@ pub async fn run(config: StartupBenchConfig) -> Result<Vec<RoundFigures>> {
     }
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
     let agent_log = std::fs::File::create(dir.join("agent.log"))?;
-    let agent = tokio::process::Command::new(&config.binary)
+    let mut agent = tokio::process::Command::new(&config.binary)
         .arg("agent")
         .args(["--server", &format!("https://127.0.0.1:{port}")])
         .args(["--token", &token])
@@ -185,14 +209,14 @@ pub async fn run(config: StartupBenchConfig) -> Result<Vec<RoundFigures>> {
         .kill_on_drop(true)
         .spawn()
         .context("starting skiff agent")?;
+    let mut server_child = server.child;
     let agent_pid = agent.id().context("the agent exited at once")?;
-    let mut procs = Processes {
-        server: server.child,
-        agent,
-    };
 
     let client = skiff_client::client_from_kubeconfig(&kubeconfig).await?;
-    let result = rounds(&client, &config, agent_pid, &agent_data).await;
+    let result = match wait_node_ready(&client).await {
+        Ok(()) => body(client.clone(), agent_pid, agent_data.clone()).await,
+        Err(e) => Err(e),
+    };
     // Whatever happened, no container is left running.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let _ = pods
@@ -202,17 +226,12 @@ pub async fn run(config: StartupBenchConfig) -> Result<Vec<RoundFigures>> {
         )
         .await;
     let _ = wait_gone(&pods, LABEL, Duration::from_secs(120)).await;
-    let _ = procs.agent.kill().await;
-    let _ = procs.server.kill().await;
+    let _ = agent.kill().await;
+    let _ = server_child.kill().await;
     result
 }
 
-async fn rounds(
-    client: &kube::Client,
-    config: &StartupBenchConfig,
-    agent_pid: u32,
-    agent_data: &Path,
-) -> Result<Vec<RoundFigures>> {
+async fn wait_node_ready(client: &kube::Client) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -222,13 +241,21 @@ async fn rounds(
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("node {NODE_NAME} never became Ready");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn rounds(
+    client: &kube::Client,
+    config: &StartupBenchConfig,
+    agent_pid: u32,
+    agent_data: &Path,
+) -> Result<Vec<RoundFigures>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     // The image is unpacked and the first sandbox set up outside the timing.
     round(&pods, "warmup", 1, config.timeout, None).await?;
@@ -372,7 +399,7 @@ async fn round(
     Ok(f)
 }
 
-async fn wait_gone(pods: &Api<Pod>, selector: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_gone(pods: &Api<Pod>, selector: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = pods.list(&ListParams::default().labels(selector)).await?;

@@ -343,6 +343,27 @@ pub enum BenchCommand {
     /// resync, endpoint change to rules in place), in a network namespace
     /// it creates (needs root and `nft`).
     Proxy(BenchProxyArgs),
+    /// TCP connections per second from one pod to another through a
+    /// ClusterIP and straight to the pod IP, on one real node. Runs its
+    /// server and agent in a network namespace it creates (needs root).
+    Connections(BenchConnectionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchConnectionsArgs {
+    /// Seconds each client pod connects.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Rounds; each measures both targets once.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The image archive to run (default: the project's test image, built
+    /// from `crates/testbin` with cargo).
+    #[arg(long)]
+    pub image_archive: Option<PathBuf>,
+    /// Scratch data goes below this directory.
+    #[arg(long, default_value = "/var/tmp")]
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -499,6 +520,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,
         Command::Bench(BenchCommand::Startup(args)) => bench_startup(args).await,
         Command::Bench(BenchCommand::Proxy(args)) => bench_proxy(args).await,
+        Command::Bench(BenchCommand::Connections(args)) => bench_connections(args).await,
         Command::Scheduler(args) => {
             let client = skiff_client::client_from_kubeconfig(&args.kubeconfig).await?;
             skiff_scheduler::run(
@@ -884,21 +906,49 @@ async fn bench_proxy(args: BenchProxyArgs) -> Result<()> {
     Ok(())
 }
 
-async fn bench_startup(args: BenchStartupArgs) -> Result<()> {
-    use skiff_bench::startup::{NETNS_ENV, StartupBenchConfig, print_table, run, run_isolated};
+/// For the benchmarks that run a real node: the skiff binary and the image
+/// archive, or `None` when this process is the outer one, which has just
+/// run the benchmark again inside a network namespace of its own (with the
+/// image already built).
+async fn bench_node_inputs(image_archive: Option<PathBuf>) -> Result<Option<(PathBuf, PathBuf)>> {
+    use skiff_bench::startup::{NETNS_ENV, run_isolated};
     let binary = std::env::current_exe().context("finding the skiff binary")?;
-    let image_archive = match args.image_archive {
+    let image_archive = match image_archive {
         Some(path) => path,
         None => tokio::task::spawn_blocking(skiff_bench::startup::test_image_archive).await??,
     };
     if std::env::var_os(NETNS_ENV).is_none() {
-        // Run again inside a network namespace of its own, with the image
-        // already built.
         let mut again: Vec<String> = std::env::args().skip(1).collect();
         again.push("--image-archive".into());
         again.push(image_archive.to_string_lossy().into_owned());
-        return tokio::task::spawn_blocking(move || run_isolated(&binary, &again)).await?;
+        tokio::task::spawn_blocking(move || run_isolated(&binary, &again)).await??;
+        return Ok(None);
     }
+    Ok(Some((binary, image_archive)))
+}
+
+async fn bench_connections(args: BenchConnectionsArgs) -> Result<()> {
+    use skiff_bench::connections::{ConnectionsBenchConfig, print_table, run};
+    let Some((binary, image_archive)) = bench_node_inputs(args.image_archive).await? else {
+        return Ok(());
+    };
+    let figures = run(ConnectionsBenchConfig::new(
+        binary,
+        image_archive,
+        args.work_dir,
+        args.seconds,
+        args.rounds,
+    ))
+    .await?;
+    print_table(&figures);
+    Ok(())
+}
+
+async fn bench_startup(args: BenchStartupArgs) -> Result<()> {
+    use skiff_bench::startup::{StartupBenchConfig, print_table, run};
+    let Some((binary, image_archive)) = bench_node_inputs(args.image_archive).await? else {
+        return Ok(());
+    };
     let figures = run(StartupBenchConfig {
         rounds: args.pods,
         binary,

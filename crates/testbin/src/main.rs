@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Whether netexec's `/healthz` fails (set by `/fail-healthz`, cleared by
 /// `/heal`).
@@ -41,6 +41,10 @@ commands:
   hostname                       print the hostname
   env NAME                       print the value of environment variable NAME
   connect HOST:PORT              exit 0 when a TCP connection succeeds, 1 otherwise
+  connect-rate HOST:PORT SECONDS open TCP connections one after another for
+                                 SECONDS (each: connect, one echo round trip
+                                 with netexec's TCP port, reset), then print
+                                 'connections N failures F seconds S'
   http-get URL                   GET http://HOST:PORT/PATH, print the body; exit 1
                                  on a connection error or a non-200 status
   lookup NAME                    resolve NAME (the libc resolver), print each address
@@ -173,6 +177,10 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
         "connect" => {
             let target = arg(args, 0)?;
             Ok(if connect(target) { 0 } else { 1 })
+        }
+        "connect-rate" => {
+            let seconds: f64 = arg(args, 1)?.parse().map_err(|e| format!("seconds: {e}"))?;
+            connect_rate(arg(args, 0)?, Duration::from_secs_f64(seconds))
         }
         "http-get" => http_get(arg(args, 0)?),
         "lookup" => {
@@ -467,6 +475,54 @@ fn connect(target: &str) -> bool {
     addrs
         .into_iter()
         .any(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+}
+
+/// Connections to `target` one after another for `span`: connect, send a
+/// line, read its echo, then close with a reset (linger 0) so the client
+/// keeps no TIME_WAIT state and its ports do not run out. Prints the
+/// counts; fails only when no connection worked.
+fn connect_rate(target: &str, span: Duration) -> Result<u8, String> {
+    use std::os::fd::AsRawFd;
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target}: no address"))?;
+    let start = Instant::now();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut buf = [0u8; 8];
+    while start.elapsed() < span {
+        let round = (|| -> std::io::Result<()> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+            stream.write_all(b"x\n")?;
+            stream.read_exact(&mut buf[..2])?;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid socket and a correctly sized option value.
+            unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+            Ok(())
+        })();
+        match round {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    println!(
+        "connections {ok} failures {failed} seconds {:.3}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(if ok > 0 { 0 } else { 1 })
 }
 
 /// A minimal HTTP/1.0 GET of `http://HOST:PORT/PATH`; prints the body.
