@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 use skiff_client::selectors::label_selector_matches;
 
 use crate::model::{Namespaces, Peer, PodInfo, Policy, PortRef, PortSpec, Protocol, Rule};
@@ -103,18 +105,18 @@ impl Table {
         let mut chains = Vec::new();
         let mut seen_ips = [BTreeSet::new(), BTreeSet::new()];
         for pod in state.pods.values().filter(|p| p.node == node) {
+            let policies: Vec<&Policy> = state
+                .policies
+                .values()
+                .filter(|p| {
+                    p.namespace == pod.namespace
+                        && label_selector_matches(Some(&p.pod_selector), &pod.labels)
+                })
+                .collect();
             for (i, dir) in [Direction::Ingress, Direction::Egress]
                 .into_iter()
                 .enumerate()
             {
-                let policies: Vec<&Policy> = state
-                    .policies
-                    .values()
-                    .filter(|p| {
-                        p.namespace == pod.namespace
-                            && label_selector_matches(Some(&p.pod_selector), &pod.labels)
-                    })
-                    .collect();
                 let rules: Vec<&Rule> = policies
                     .iter()
                     .filter_map(|p| match dir {
@@ -209,7 +211,10 @@ fn chain_name(dir: Direction, pod: &PodInfo, index: usize) -> String {
 enum PeerMatch<'a> {
     Any,
     Pods(Vec<&'a PodInfo>),
-    Block(&'a Peer),
+    Block {
+        cidr: &'a Ipv4Net,
+        except: &'a [Ipv4Net],
+    },
 }
 
 /// The pods a pod peer selects.
@@ -234,13 +239,8 @@ fn selected_pods<'a>(state: &'a State, peer: &Peer) -> Vec<&'a PodInfo> {
         .collect()
 }
 
-fn in_block(ip: Ipv4Addr, block: &Peer) -> bool {
-    match block {
-        Peer::Block { cidr, except } => {
-            cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
-        }
-        Peer::Pods { .. } => false,
-    }
+fn in_block(ip: Ipv4Addr, cidr: &Ipv4Net, except: &[Ipv4Net]) -> bool {
+    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
 }
 
 /// `<field> { a, b }` for a non-empty list of addresses.
@@ -266,7 +266,7 @@ fn render_rule(state: &State, pod: &PodInfo, rule: &Rule, dir: Direction, out: &
             .iter()
             .map(|peer| match peer {
                 Peer::Pods { .. } => PeerMatch::Pods(selected_pods(state, peer)),
-                Peer::Block { .. } => PeerMatch::Block(peer),
+                Peer::Block { cidr, except } => PeerMatch::Block { cidr, except },
             })
             .collect(),
     };
@@ -279,7 +279,7 @@ fn render_rule(state: &State, pod: &PodInfo, rule: &Rule, dir: Direction, out: &
         let peer_expr = match peer {
             PeerMatch::Any => Some(String::new()),
             PeerMatch::Pods(pods) => address_set(field, pods.iter().map(|p| p.ip)),
-            PeerMatch::Block(Peer::Block { cidr, except }) => {
+            PeerMatch::Block { cidr, except } => {
                 let mut e = format!("{field} {cidr}");
                 if let Some(except) = (!except.is_empty()).then(|| {
                     let list: Vec<String> = except.iter().map(ToString::to_string).collect();
@@ -289,7 +289,6 @@ fn render_rule(state: &State, pod: &PodInfo, rule: &Rule, dir: Direction, out: &
                 }
                 Some(e)
             }
-            PeerMatch::Block(Peer::Pods { .. }) => None,
         };
         // A peer that selects no pod allows nothing.
         let Some(peer_expr) = peer_expr else { continue };
@@ -322,10 +321,10 @@ fn render_rule(state: &State, pod: &PodInfo, rule: &Rule, dir: Direction, out: &
                     let destinations: Vec<&PodInfo> = match peer {
                         PeerMatch::Any => state.pods.values().collect(),
                         PeerMatch::Pods(pods) => pods.clone(),
-                        PeerMatch::Block(block) => state
+                        PeerMatch::Block { cidr, except } => state
                             .pods
                             .values()
-                            .filter(|p| in_block(p.ip, block))
+                            .filter(|p| in_block(p.ip, cidr, except))
                             .collect(),
                     };
                     let mut by_port: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
