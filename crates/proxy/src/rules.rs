@@ -19,9 +19,19 @@
 //!   masquerade, then goes to `service-…` or `local-…`). A LoadBalancer
 //!   service's ingress addresses are keys of `service-ips` too (with the
 //!   service's port) and lead to `external-…`, as in kube-proxy.
-//! - Per endpoint, `endpoint-<ns>/<name>/<proto>/<port>__<ip>/<port>` marks
-//!   hairpin traffic (the endpoint talking to itself) for masquerade and
-//!   DNATs.
+//! - The rule that picks an endpoint DNATs to it in place: there is no chain
+//!   per endpoint (kube-proxy has one), because `nft` 1.0.6 lists every
+//!   chain of the table before each transaction that adds a rule or an
+//!   element, and at 10,000 services x 10 endpoints the 100,000 endpoint
+//!   chains made each one-endpoint change cost over a second
+//!   (docs/benchmarks.md).
+//! - Hairpin traffic (an endpoint reaching itself through its service)
+//!   must be masqueraded or the endpoint answers itself directly and the
+//!   connection fails. kube-proxy marks it in the endpoint chain (`ip saddr
+//!   <ep>`); here `hairpin-endpoints` holds `ip . ip` for every endpoint
+//!   address in use and `masquerading` marks `ip saddr . ip daddr` found in
+//!   it, after DNAT. An address shared by several services is one element,
+//!   counted by [`HairpinRefs`].
 //! - `nat-postrouting` masquerades marked packets (mark `0x4000`).
 //! - Filter chains before DNAT reject new connections to services with no
 //!   ready endpoints (`no-endpoint-services`, `no-endpoint-nodeports`), so
@@ -53,6 +63,7 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const CLUSTER_IPS: &str = "cluster-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 
 /// The inputs of rule rendering that do not come from the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +99,60 @@ pub struct ServiceRules {
     pub sets: BTreeSet<String>,
     /// Elements of the base table's sets and maps.
     pub elements: BTreeSet<Element>,
+    /// Endpoint addresses this service DNATs to: each needs its element in
+    /// [`HAIRPIN_ENDPOINTS`], shared with other services (see
+    /// [`HairpinRefs`]).
+    pub hairpin: BTreeSet<Ipv4Addr>,
+}
+
+/// How many written services DNAT to each endpoint address: its
+/// [`HAIRPIN_ENDPOINTS`] element exists while the count is above zero.
+/// Kept by the syncer across incremental syncs and rebuilt by every full
+/// sync (which is also what follows a failed one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HairpinRefs(BTreeMap<Ipv4Addr, u32>);
+
+impl HairpinRefs {
+    /// Counts one more user of `ip`; true when it is the first.
+    fn acquire(&mut self, ip: Ipv4Addr) -> bool {
+        let n = self.0.entry(ip).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one user of `ip` less; true when it was the last.
+    fn release(&mut self, ip: Ipv4Addr) -> bool {
+        match self.0.get_mut(&ip) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.0.remove(&ip);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Addresses with an element.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn hairpin_key(ip: Ipv4Addr) -> String {
+    format!("{ip} . {ip}")
 }
 
 impl ServiceRules {
     /// Number of rules and elements: a rough size of what it writes.
     pub fn size(&self) -> usize {
-        self.chains.values().map(Vec::len).sum::<usize>() + self.elements.len()
+        self.chains.values().map(Vec::len).sum::<usize>() + self.elements.len() + self.hairpin.len()
     }
 }
 
@@ -301,7 +360,6 @@ fn port_rules(
         out.chains.insert(external_chain, rules);
     }
 
-    let mut endpoints: BTreeMap<(Ipv4Addr, u16), Ep<'_>> = BTreeMap::new();
     for (used, chain, eps) in [
         (use_cluster, &cluster_chain, &cluster),
         (use_local, &local_chain, &local),
@@ -309,7 +367,7 @@ fn port_rules(
         if !used {
             continue;
         }
-        let mut rules = Vec::with_capacity(eps.len() + 2);
+        let mut rules = Vec::with_capacity(2 * eps.len() + 1);
         if let Some(ip) = cluster_ip {
             rules.push(format!(
                 "ip daddr {ip} {proto} dport {} ip saddr != {} jump mark-for-masquerade",
@@ -317,35 +375,41 @@ fn port_rules(
                 config.cluster_cidr.trunc()
             ));
         }
-        if service.affinity_timeout.is_some() {
+        if let Some(timeout) = service.affinity_timeout {
             for ep in eps {
+                let set = affinity_set(&id, ep);
                 rules.push(format!(
-                    "ip saddr @{} goto {}",
-                    affinity_set(&id, ep),
-                    endpoint_chain(&id, ep)
+                    "ip saddr @{set} {}",
+                    to_endpoint(proto, ep, Some((&set, timeout)))
                 ));
+                out.sets.insert(set);
             }
         }
-        rules.extend(pick_at_random(&id, eps));
+        let remember = |ep: &Ep<'_>| {
+            service
+                .affinity_timeout
+                .map(|timeout| (affinity_set(&id, ep), timeout))
+        };
+        rules.extend(pick_at_random(eps, |ep| {
+            let set = remember(ep);
+            to_endpoint(proto, ep, set.as_ref().map(|(s, t)| (s.as_str(), *t)))
+        }));
         out.chains.insert(chain.clone(), rules);
-        for ep in eps {
-            endpoints.insert((ep.ip, ep.port), *ep);
-        }
+        out.hairpin.extend(eps.iter().map(|ep| ep.ip));
     }
+}
 
-    for ep in endpoints.values() {
-        let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", ep.ip)];
-        if let Some(timeout) = service.affinity_timeout {
-            let set = affinity_set(&id, ep);
-            rules.push(format!("update @{set} {{ ip saddr timeout {timeout}s }}"));
-            out.sets.insert(set);
-        }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}:{}",
-            ep.ip, ep.port
-        ));
-        out.chains.insert(endpoint_chain(&id, ep), rules);
-    }
+/// The statements that send a connection to `ep`: remember the client in
+/// the endpoint's affinity set (`(set, timeout seconds)`) when the service
+/// has client-IP affinity, then DNAT.
+fn to_endpoint(proto: &str, ep: &Ep<'_>, affinity: Option<(&str, u32)>) -> String {
+    let remember = affinity
+        .map(|(set, timeout)| format!("update @{set} {{ ip saddr timeout {timeout}s }} "))
+        .unwrap_or_default();
+    format!(
+        "meta l4proto {proto} {remember}dnat to {}:{}",
+        ep.ip, ep.port
+    )
 }
 
 /// Rules that go to one of `eps` (not empty) with equal chances, as
@@ -356,23 +420,18 @@ fn port_rules(
 /// instead, and the kernel's cost of creating and listing thousands of
 /// those grows faster than linearly: at 4,000 services a full sync took
 /// 21.8 s with them and 3.2 s without (docs/benchmarks.md).
-fn pick_at_random(id: &str, eps: &[Ep<'_>]) -> Vec<String> {
+fn pick_at_random(eps: &[Ep<'_>], to: impl Fn(&Ep<'_>) -> String) -> Vec<String> {
     let n = eps.len();
     eps.iter()
         .enumerate()
         .map(|(i, ep)| {
-            let chain = endpoint_chain(id, ep);
             if i + 1 == n {
-                format!("goto {chain}")
+                to(ep)
             } else {
-                format!("numgen random mod {} == 0 goto {chain}", n - i)
+                format!("numgen random mod {} == 0 {}", n - i, to(ep))
             }
         })
         .collect()
-}
-
-fn endpoint_chain(id: &str, ep: &Ep<'_>) -> String {
-    format!("endpoint-{id}__{}/{}", ep.ip, ep.port)
 }
 
 fn affinity_set(id: &str, ep: &Ep<'_>) -> String {
@@ -388,6 +447,7 @@ pub fn base_commands(config: &RuleConfig, flush: bool) -> String {
     let sets = [
         (CLUSTER_IPS, "type ipv4_addr;"),
         (NODEPORT_IPS, "type ipv4_addr;"),
+        (HAIRPIN_ENDPOINTS, "type ipv4_addr . ipv4_addr;"),
     ];
     for (name, def) in sets {
         let _ = writeln!(s, "add set {t} {name} {{ {def} }}");
@@ -449,6 +509,9 @@ pub fn base_commands(config: &RuleConfig, flush: bool) -> String {
             "masquerading",
             None,
             vec![
+                format!(
+                    "ct status dnat ip saddr . ip daddr @{HAIRPIN_ENDPOINTS} meta mark set meta mark | {MASQUERADE_MARK:#010x}"
+                ),
                 format!("meta mark & {MASQUERADE_MARK:#010x} == 0 return"),
                 format!("meta mark set meta mark ^ {MASQUERADE_MARK:#010x}"),
                 "masquerade fully-random".into(),
@@ -568,6 +631,7 @@ pub fn is_base_object(name: &str) -> bool {
             | "nat-postrouting"
             | CLUSTER_IPS
             | NODEPORT_IPS
+            | HAIRPIN_ENDPOINTS
             | SERVICE_IPS
             | SERVICE_NODEPORTS
             | NO_ENDPOINT_SERVICES
@@ -632,7 +696,13 @@ impl Script {
     /// Adds `rules` to a resync script; `existing` loses the objects it
     /// owns, so what remains at the end is stale (see
     /// [`Script::delete_stale`]).
-    pub fn resync_service(&mut self, rules: &ServiceRules, existing: &mut TableObjects) {
+    /// `refs` starts empty for a resync (the set was flushed).
+    pub fn resync_service(
+        &mut self,
+        rules: &ServiceRules,
+        existing: &mut TableObjects,
+        refs: &mut HairpinRefs,
+    ) {
         let t = format!("{FAMILY} {TABLE}");
         for set in &rules.sets {
             existing.sets.remove(set);
@@ -648,6 +718,11 @@ impl Script {
         }
         for e in &rules.elements {
             self.add_elements.push(add_element(e));
+        }
+        for ip in &rules.hairpin {
+            if refs.acquire(*ip) {
+                self.add_elements.push(add_hairpin(*ip));
+            }
         }
         self.services_changed += 1;
     }
@@ -666,8 +741,15 @@ impl Script {
 
     /// Adds what it takes to go from `old` to `new` for one service (either
     /// may be absent: a new or a deleted service). Unchanged chains and
-    /// elements are not touched.
-    pub fn diff_service(&mut self, old: Option<&ServiceRules>, new: Option<&ServiceRules>) {
+    /// elements are not touched. `refs` counts the services that use each
+    /// hairpin element: it is updated here, before the script is applied,
+    /// so after a failed apply only a full sync may follow.
+    pub fn diff_service(
+        &mut self,
+        old: Option<&ServiceRules>,
+        new: Option<&ServiceRules>,
+        refs: &mut HairpinRefs,
+    ) {
         let empty = ServiceRules::default();
         let old = old.unwrap_or(&empty);
         let new = new.unwrap_or(&empty);
@@ -679,6 +761,14 @@ impl Script {
         for e in old.elements.difference(&new.elements) {
             self.delete_elements
                 .push(format!("delete element {t} {} {{ {} }}", e.set, e.key));
+        }
+        for ip in old.hairpin.difference(&new.hairpin) {
+            if refs.release(*ip) {
+                self.delete_elements.push(format!(
+                    "delete element {t} {HAIRPIN_ENDPOINTS} {{ {} }}",
+                    hairpin_key(*ip)
+                ));
+            }
         }
         for set in new.sets.difference(&old.sets) {
             self.add_sets
@@ -694,6 +784,11 @@ impl Script {
         }
         for e in new.elements.difference(&old.elements) {
             self.add_elements.push(add_element(e));
+        }
+        for ip in new.hairpin.difference(&old.hairpin) {
+            if refs.acquire(*ip) {
+                self.add_elements.push(add_hairpin(*ip));
+            }
         }
         for chain in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
             self.flush_gone.push(format!("flush chain {t} {chain}"));
@@ -758,6 +853,13 @@ impl Script {
         }
         s
     }
+}
+
+fn add_hairpin(ip: Ipv4Addr) -> String {
+    format!(
+        "add element {FAMILY} {TABLE} {HAIRPIN_ENDPOINTS} {{ {} }}",
+        hairpin_key(ip)
+    )
 }
 
 fn add_element(e: &Element) -> String {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::{SyncMetrics, SyncSample};
 use crate::model::{ServiceInfo, ServiceName, SliceInfo};
 use crate::nft::{Nft, NftError};
-use crate::rules::{RuleConfig, Script, ServiceRules, service_rules};
+use crate::rules::{HairpinRefs, RuleConfig, Script, ServiceRules, service_rules};
 
 /// Which kind of full sync is pending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub struct Syncer<N: Nft> {
     slices: HashMap<ServiceName, BTreeMap<String, SliceInfo>>,
     slice_owner: HashMap<SliceKey, ServiceName>,
     written: HashMap<ServiceName, ServiceRules>,
+    /// Users of each hairpin element of what was written.
+    hairpin: HairpinRefs,
     /// Services changed since the last sync, with the time of the first
     /// event that changed each.
     dirty: HashMap<ServiceName, Instant>,
@@ -61,6 +63,7 @@ impl<N: Nft> Syncer<N> {
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
             written: HashMap::new(),
+            hairpin: HairpinRefs::default(),
             dirty: HashMap::new(),
             full: Some(FullSync::Recreate),
         }
@@ -254,11 +257,13 @@ impl<N: Nft> Syncer<N> {
             .into_iter()
             .filter_map(|n| Some((n.clone(), self.desired(n)?)))
             .collect();
+        // The hairpin set starts empty in both kinds (deleted or flushed).
+        let mut refs = HairpinRefs::default();
         let script = match kind {
             FullSync::Recreate => {
                 let mut script = Script::recreate(&self.config);
                 for (_, rules) in &desired {
-                    script.diff_service(None, Some(rules));
+                    script.diff_service(None, Some(rules), &mut refs);
                 }
                 script
             }
@@ -266,7 +271,7 @@ impl<N: Nft> Syncer<N> {
                 let mut existing = self.nft.list().await?;
                 let mut script = Script::resync(&self.config);
                 for (_, rules) in &desired {
-                    script.resync_service(rules, &mut existing);
+                    script.resync_service(rules, &mut existing, &mut refs);
                 }
                 script.delete_stale(&existing);
                 script
@@ -280,6 +285,7 @@ impl<N: Nft> Syncer<N> {
         self.nft.apply(&text).await?;
         let nft_time = t.elapsed();
         self.written = desired.into_iter().collect();
+        self.hairpin = refs;
         tracing::info!(?kind, services, commands, ?nft_time, "proxy full sync");
         Ok(Some((commands, services, nft_time, true)))
     }
@@ -294,7 +300,7 @@ impl<N: Nft> Syncer<N> {
         let mut updates = Vec::with_capacity(self.dirty.len());
         for name in self.dirty.keys() {
             let new = self.desired(name);
-            script.diff_service(self.written.get(name), new.as_ref());
+            script.diff_service(self.written.get(name), new.as_ref(), &mut self.hairpin);
             updates.push((name.clone(), new));
         }
         if script.is_empty() {

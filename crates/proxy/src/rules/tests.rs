@@ -63,8 +63,19 @@ fn creation(service: &ServiceInfo, slices: &[SliceInfo]) -> String {
     let refs: Vec<&SliceInfo> = slices.iter().collect();
     let rules = service_rules(&name(), service, &refs, &config());
     let mut script = Script::default();
-    script.diff_service(None, Some(&rules));
+    script.diff_service(None, Some(&rules), &mut HairpinRefs::default());
     script.render()
+}
+
+/// Hairpin counts as they are once `services` were written.
+fn written(services: &[&ServiceRules]) -> HairpinRefs {
+    let mut refs = HairpinRefs::default();
+    for rules in services {
+        for ip in &rules.hairpin {
+            refs.acquire(*ip);
+        }
+    }
+    refs
 }
 
 #[track_caller]
@@ -77,31 +88,74 @@ fn cluster_ip_with_two_endpoints_picks_one_at_random_and_masquerades_outside_tra
     check(
         creation(&service(), &[two_endpoints()]),
         "\
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 add chain ip skiff-proxy service-default/web/tcp/80
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 ip saddr 10.42.0.3 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 meta l4proto tcp dnat to 10.42.0.3:8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.0.2:8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.3:8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }
 ",
     );
 }
 
 #[test]
 fn hairpin_traffic_from_an_endpoint_to_itself_is_marked_for_masquerade() {
-    let got = creation(&service(), &[two_endpoints()]);
-    for ip in ["10.42.0.2", "10.42.0.3"] {
-        let rule = format!(
-            "add rule ip skiff-proxy endpoint-default/web/tcp/80__{ip}/8080 ip saddr {ip} jump mark-for-masquerade\n"
-        );
-        assert!(got.contains(&rule), "missing {rule}in\n{got}");
-    }
+    let base = base_commands(&config(), false);
+    assert!(
+        base.contains("add set ip skiff-proxy hairpin-endpoints { type ipv4_addr . ipv4_addr; }\n"),
+        "{base}"
+    );
+    assert!(
+        base.contains("add rule ip skiff-proxy masquerading ct status dnat ip saddr . ip daddr @hairpin-endpoints meta mark set meta mark | 0x00004000\nadd rule ip skiff-proxy masquerading meta mark & 0x00004000 == 0 return\n"),
+        "{base}"
+    );
+}
+
+#[test]
+fn a_hairpin_element_shared_by_two_services_lives_until_the_last_one_goes() {
+    let web = rules_for(&[two_endpoints()]);
+    let other_name = ServiceName::new("default", "other");
+    let mut other_svc = service();
+    other_svc.cluster_ip = Some("10.43.0.51".parse().expect("ip"));
+    let slices = [slice(vec![endpoint("10.42.0.2", true, "node-a")])];
+    let slices: Vec<&SliceInfo> = slices.iter().collect();
+    let other = service_rules(&other_name, &other_svc, &slices, &config());
+    let mut refs = HairpinRefs::default();
+
+    let mut script = Script::default();
+    script.diff_service(None, Some(&web), &mut refs);
+    script.diff_service(None, Some(&other), &mut refs);
+    let got = script.render();
+    assert_eq!(
+        got.matches("add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }")
+            .count(),
+        1,
+        "{got}"
+    );
+    assert_eq!(refs.len(), 2);
+
+    let mut script = Script::default();
+    script.diff_service(Some(&web), None, &mut refs);
+    let got = script.render();
+    assert!(
+        got.contains("delete element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }"),
+        "{got}"
+    );
+    assert!(
+        !got.contains("10.42.0.2 . 10.42.0.2"),
+        "still used by other: {got}"
+    );
+
+    let mut script = Script::default();
+    script.diff_service(Some(&other), None, &mut refs);
+    let got = script.render();
+    assert!(
+        got.contains("delete element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }"),
+        "{got}"
+    );
+    assert!(refs.is_empty());
 }
 
 #[test]
@@ -111,18 +165,16 @@ fn node_port_enters_through_an_external_chain_that_masquerades() {
     check(
         creation(&svc, &[slice(vec![endpoint("10.42.0.2", true, "node-a")])]),
         "\
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
 add chain ip skiff-proxy external-default/web/tcp/80
 add chain ip skiff-proxy service-default/web/tcp/80
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
 add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.2:8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
 ",
     );
 }
@@ -183,22 +235,16 @@ fn client_ip_affinity_goes_back_to_the_remembered_endpoint() {
         "\
 add set ip skiff-proxy affinity-default/web/tcp/80__10.42.0.2/8080 { type ipv4_addr; flags dynamic,timeout; }
 add set ip skiff-proxy affinity-default/web/tcp/80__10.42.0.3/8080 { type ipv4_addr; flags dynamic,timeout; }
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 add chain ip skiff-proxy service-default/web/tcp/80
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 update @affinity-default/web/tcp/80__10.42.0.2/8080 { ip saddr timeout 60s }
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 ip saddr 10.42.0.3 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 update @affinity-default/web/tcp/80__10.42.0.3/8080 { ip saddr timeout 60s }
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 meta l4proto tcp dnat to 10.42.0.3:8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.2/8080 goto endpoint-default/web/tcp/80__10.42.0.2/8080
-add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.3/8080 goto endpoint-default/web/tcp/80__10.42.0.3/8080
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
+add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp update @affinity-default/web/tcp/80__10.42.0.2/8080 { ip saddr timeout 60s } dnat to 10.42.0.2:8080
+add rule ip skiff-proxy service-default/web/tcp/80 ip saddr @affinity-default/web/tcp/80__10.42.0.3/8080 meta l4proto tcp update @affinity-default/web/tcp/80__10.42.0.3/8080 { ip saddr timeout 60s } dnat to 10.42.0.3:8080
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp update @affinity-default/web/tcp/80__10.42.0.2/8080 { ip saddr timeout 60s } dnat to 10.42.0.2:8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp update @affinity-default/web/tcp/80__10.42.0.3/8080 { ip saddr timeout 60s } dnat to 10.42.0.3:8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }
 ",
     );
 }
@@ -211,26 +257,22 @@ fn external_traffic_policy_local_sends_node_port_traffic_only_to_local_endpoints
     check(
         creation(&svc, &[two_endpoints()]),
         "\
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 add chain ip skiff-proxy external-default/web/tcp/80
 add chain ip skiff-proxy local-default/web/tcp/80
 add chain ip skiff-proxy service-default/web/tcp/80
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 ip saddr 10.42.0.3 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080 meta l4proto tcp dnat to 10.42.0.3:8080
 add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local goto service-default/web/tcp/80
 add rule ip skiff-proxy external-default/web/tcp/80 goto local-default/web/tcp/80
 add rule ip skiff-proxy local-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy local-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy local-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.2:8080
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 goto endpoint-default/web/tcp/80__10.42.0.2/8080
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.3/8080
+add rule ip skiff-proxy service-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.0.2:8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.3:8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }
 ",
     );
 }
@@ -244,10 +286,7 @@ fn internal_traffic_policy_local_uses_local_endpoints_and_drops_without_any() {
         got.contains("service-ips { 10.43.0.50 . tcp . 80 : goto local-default/web/tcp/80 }"),
         "{got}"
     );
-    assert!(
-        got.contains("goto endpoint-default/web/tcp/80__10.42.0.2/8080"),
-        "{got}"
-    );
+    assert!(got.contains("dnat to 10.42.0.2:8080"), "{got}");
     assert!(!got.contains("10.42.0.3"), "remote endpoint used: {got}");
 
     let remote_only = creation(&svc, &[slice(vec![endpoint("10.42.0.3", true, "node-b")])]);
@@ -276,22 +315,21 @@ fn rules_for(slices: &[SliceInfo]) -> ServiceRules {
 }
 
 #[test]
-fn an_endpoint_going_unready_rewrites_only_the_service_chain_and_deletes_its_endpoint_chain() {
+fn an_endpoint_going_unready_rewrites_only_the_service_chain_and_drops_its_hairpin_element() {
     let before = rules_for(&[two_endpoints()]);
     let after = rules_for(&[slice(vec![
         endpoint("10.42.0.3", false, "node-b"),
         endpoint("10.42.0.2", true, "node-a"),
     ])]);
     let mut script = Script::default();
-    script.diff_service(Some(&before), Some(&after));
+    script.diff_service(Some(&before), Some(&after), &mut written(&[&before]));
     check(
         script.render(),
         "\
+delete element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }
 flush chain ip skiff-proxy service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
-flush chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
-delete chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.2:8080
 ",
     );
     assert_eq!(script.services_changed, 1);
@@ -301,7 +339,11 @@ delete chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 fn unchanged_services_write_nothing() {
     let rules = rules_for(&[two_endpoints()]);
     let mut script = Script::default();
-    script.diff_service(Some(&rules), Some(&rules.clone()));
+    script.diff_service(
+        Some(&rules),
+        Some(&rules.clone()),
+        &mut HairpinRefs::default(),
+    );
     assert!(script.is_empty());
     assert_eq!(script.render(), "");
     assert_eq!(script.services_changed, 0);
@@ -312,7 +354,7 @@ fn last_endpoint_going_away_swaps_the_map_element_for_a_reject() {
     let before = rules_for(&[two_endpoints()]);
     let after = rules_for(&[]);
     let mut script = Script::default();
-    script.diff_service(Some(&before), Some(&after));
+    script.diff_service(Some(&before), Some(&after), &mut HairpinRefs::default());
     let got = script.render();
     let delete = got
         .find("delete element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 }")
@@ -335,19 +377,17 @@ fn deleting_a_service_removes_every_object_it_owned() {
     let refs: Vec<&SliceInfo> = refs.iter().collect();
     let rules = service_rules(&name(), &svc, &refs, &config());
     let mut script = Script::default();
-    script.diff_service(Some(&rules), None);
+    script.diff_service(Some(&rules), None, &mut written(&[&rules]));
     check(
         script.render(),
         "\
 delete element ip skiff-proxy cluster-ips { 10.43.0.50 }
 delete element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 }
 delete element ip skiff-proxy service-nodeports { tcp . 30080 }
-flush chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
-flush chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
+delete element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
+delete element ip skiff-proxy hairpin-endpoints { 10.42.0.3 . 10.42.0.3 }
 flush chain ip skiff-proxy external-default/web/tcp/80
 flush chain ip skiff-proxy service-default/web/tcp/80
-delete chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
-delete chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.3/8080
 delete chain ip skiff-proxy external-default/web/tcp/80
 delete chain ip skiff-proxy service-default/web/tcp/80
 delete set ip skiff-proxy affinity-default/web/tcp/80__10.42.0.2/8080
@@ -401,7 +441,7 @@ fn resync_deletes_stale_objects_but_keeps_base_and_owned_ones() {
         .sets
         .insert("affinity-default/gone/tcp/80__10.42.0.9/80".into());
     let mut script = Script::resync(&config());
-    script.resync_service(&rules, &mut existing);
+    script.resync_service(&rules, &mut existing, &mut HairpinRefs::default());
     script.delete_stale(&existing);
     let got = script.render();
     assert!(got.contains("add chain ip skiff-proxy service-default/web/tcp/80\nflush chain ip skiff-proxy service-default/web/tcp/80\n"), "{got}");
@@ -438,19 +478,17 @@ fn load_balancer_ingress_with_the_service_port_enters_through_the_external_chain
             &[slice(vec![endpoint("10.42.0.2", true, "node-a")])],
         ),
         "\
-add chain ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080
 add chain ip skiff-proxy external-default/web/tcp/80
 add chain ip skiff-proxy service-default/web/tcp/80
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 ip saddr 10.42.0.2 jump mark-for-masquerade
-add rule ip skiff-proxy endpoint-default/web/tcp/80__10.42.0.2/8080 meta l4proto tcp dnat to 10.42.0.2:8080
 add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
 add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
-add rule ip skiff-proxy service-default/web/tcp/80 goto endpoint-default/web/tcp/80__10.42.0.2/8080
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.2:8080
 add element ip skiff-proxy cluster-ips { 10.43.0.50 }
 add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
 add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }
 add element ip skiff-proxy service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
 ",
     );
 }
@@ -525,13 +563,13 @@ fn an_ingress_address_coming_and_going_changes_only_its_map_element() {
     let with = service_rules(&name(), &load_balancer(&["10.99.0.1"]), &refs, &config());
 
     let mut script = Script::default();
-    script.diff_service(Some(&without), Some(&with));
+    script.diff_service(Some(&without), Some(&with), &mut HairpinRefs::default());
     check(
         script.render(),
         "add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }\n",
     );
     let mut script = Script::default();
-    script.diff_service(Some(&with), Some(&without));
+    script.diff_service(Some(&with), Some(&without), &mut HairpinRefs::default());
     check(
         script.render(),
         "delete element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 }\n",
@@ -558,12 +596,12 @@ fn the_random_cascade_gives_every_endpoint_the_same_chance() {
                 info,
             })
             .collect();
-        let rules = pick_at_random("default/web/tcp/80", &eps);
+        let rules = pick_at_random(&eps, |ep| format!("dnat to {}", ep.ip));
         assert_eq!(rules.len(), n);
         // The chance that rule i is reached and taken, read off the text.
         let mut reach = 1.0f64;
         for (i, rule) in rules.iter().enumerate() {
-            let want_target = format!("goto {}", endpoint_chain("default/web/tcp/80", &eps[i]));
+            let want_target = format!("dnat to {}", eps[i].ip);
             assert!(rule.ends_with(&want_target), "{rule}");
             let taken = match rule.strip_prefix("numgen random mod ") {
                 Some(rest) => {
@@ -572,7 +610,7 @@ fn the_random_cascade_gives_every_endpoint_the_same_chance() {
                         .next()
                         .and_then(|m| m.parse().ok())
                         .expect("modulus");
-                    assert!(rest.contains(" == 0 goto "), "{rule}");
+                    assert!(rest.contains(" == 0 dnat to "), "{rule}");
                     1.0 / m
                 }
                 None => {

@@ -160,13 +160,14 @@ fn a_changed_endpoint_rewrites_only_its_own_service() {
         "{script}"
     );
     assert!(
-        script
-            .contains("delete chain ip skiff-proxy endpoint-default/svc7/tcp/80__10.42.7.3/8080\n"),
+        script.contains(
+            "delete element ip skiff-proxy hairpin-endpoints { 10.42.7.3 . 10.42.7.3 }\n"
+        ),
         "{script}"
     );
     let other_services = script
         .lines()
-        .filter(|l| !l.contains("default/svc7/"))
+        .filter(|l| !l.contains("default/svc7/") && !l.contains("10.42.7.3 . 10.42.7.3"))
         .collect::<Vec<_>>();
     assert!(
         other_services.is_empty(),
@@ -250,7 +251,10 @@ fn a_slice_moving_to_another_service_updates_both() {
         script.contains("no-endpoint-services { 10.43.0.1 . tcp . 80 : goto reject-chain }"),
         "{script}"
     );
-    assert!(script.contains("numgen random mod 3 == 0 goto"), "{script}");
+    assert!(
+        script.contains("numgen random mod 3 == 0 meta l4proto tcp dnat to"),
+        "{script}"
+    );
 }
 
 #[test]
