@@ -202,7 +202,7 @@ where
         .arg("--data-dir")
         .arg(&agent_data)
         .args(["--node-name", NODE_NAME, "--node-ip", NODE_IP])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", agent_log_filter())
         .stdin(Stdio::null())
         .stdout(agent_log.try_clone()?)
         .stderr(agent_log)
@@ -228,7 +228,21 @@ where
     let _ = wait_gone(&pods, LABEL, Duration::from_secs(120)).await;
     let _ = agent.kill().await;
     let _ = server_child.kill().await;
+    if std::env::var_os("SKIFF_BENCH_AGENT_LOG").is_some() {
+        let kept = config.work_dir.join("skiff-bench-agent.log");
+        match std::fs::copy(dir.join("agent.log"), &kept) {
+            Ok(_) => eprintln!("agent log kept in {}", kept.display()),
+            Err(e) => eprintln!("keeping the agent log: {e}"),
+        }
+    }
     result
+}
+
+/// The agent's log filter: `warn`, or `SKIFF_BENCH_AGENT_LOG` (e.g.
+/// `info`) to follow each pod's steps; the log is then kept as
+/// `<work dir>/skiff-bench-agent.log`.
+fn agent_log_filter() -> String {
+    std::env::var("SKIFF_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 async fn wait_node_ready(client: &kube::Client) -> Result<()> {
