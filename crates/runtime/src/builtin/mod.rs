@@ -340,16 +340,28 @@ impl BuiltinRuntime {
         Ok(rec)
     }
 
-    fn all_containers(&self) -> Result<Vec<ContainerRecord>> {
+    /// The containers `wanted` selects, refreshed. The records are chosen
+    /// before they are cloned and refreshed (a file lookup each): every pod
+    /// worker lists its own containers on each sync, so listing all of them
+    /// each time made a node's work grow with the square of its pods.
+    fn containers_where(
+        &self,
+        wanted: impl Fn(&ContainerRecord) -> bool,
+    ) -> Result<Vec<ContainerRecord>> {
         let recs: Vec<ContainerRecord> = self
             .inner
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .filter(|r| wanted(r))
             .cloned()
             .collect();
         recs.into_iter().map(|r| self.refresh(r)).collect()
+    }
+
+    fn sandbox_containers(&self, sandbox_id: &str) -> Result<Vec<ContainerRecord>> {
+        self.containers_where(|c| c.sandbox_id == sandbox_id)
     }
 
     fn sandbox_status(&self, s: &SandboxRecord) -> cri::PodSandboxStatus {
@@ -467,9 +479,8 @@ impl BuiltinRuntime {
     /// its namespaces.
     async fn stop_sandbox_inner(&self, mut rec: SandboxRecord) -> Result<()> {
         let ids: Vec<String> = self
-            .all_containers()?
+            .sandbox_containers(&rec.id)?
             .into_iter()
-            .filter(|c| c.sandbox_id == rec.id)
             .map(|c| c.id)
             .collect();
         for id in ids {
@@ -925,9 +936,8 @@ impl RuntimeService for BuiltinRuntime {
         };
         self.stop_sandbox_inner(rec.clone()).await?;
         let ids: Vec<String> = self
-            .all_containers()?
+            .sandbox_containers(&rec.id)?
             .into_iter()
-            .filter(|c| c.sandbox_id == rec.id)
             .map(|c| c.id)
             .collect();
         for id in ids {
@@ -1179,20 +1189,27 @@ impl RuntimeService for BuiltinRuntime {
         filter: Option<cri::ContainerFilter>,
     ) -> Result<Vec<cri::Container>> {
         let this = self.clone();
-        let all = blocking(move || this.all_containers()).await?;
-        let mut out: Vec<cri::Container> = all
-            .iter()
-            .map(Self::container_record_to_cri)
-            .filter(|c| match &filter {
+        let state = filter
+            .as_ref()
+            .and_then(|f| f.state.as_ref())
+            .map(|v| v.state);
+        // Everything but the state is known without a refresh.
+        let selected = blocking(move || {
+            this.containers_where(|c| match &filter {
                 None => true,
                 Some(f) => {
                     (f.id.is_empty() || c.id.starts_with(&f.id))
                         && (f.pod_sandbox_id.is_empty()
-                            || c.pod_sandbox_id.starts_with(&f.pod_sandbox_id))
-                        && f.state.as_ref().is_none_or(|v| v.state == c.state)
-                        && labels_match(&c.labels, &f.label_selector)
+                            || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+                        && labels_match(&c.config.labels, &f.label_selector)
                 }
             })
+        })
+        .await?;
+        let mut out: Vec<cri::Container> = selected
+            .iter()
+            .map(Self::container_record_to_cri)
+            .filter(|c| state.is_none_or(|s| s == c.state))
             .collect();
         out.sort_by_key(|c| c.created_at);
         Ok(out)
