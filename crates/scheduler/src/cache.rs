@@ -9,7 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::framework::{NodeInfo, PodInfo};
+use crate::framework::{NodeInfo, PodInfo, ZONE_LABEL, ZoneGroups};
 
 #[derive(Debug, Clone)]
 struct PodEntry {
@@ -28,6 +28,8 @@ pub struct Cache {
     /// after it was deleted), on placeholder nodes.
     orphans: HashMap<String, NodeInfo>,
     pods: HashMap<String, PodEntry>,
+    /// The pods of `nodes` by label group and zone.
+    zone_groups: ZoneGroups,
 }
 
 fn placeholder(name: &str) -> Arc<Node> {
@@ -46,7 +48,14 @@ impl Cache {
         if let Some(&i) = self.index.get(&name) {
             let info = &mut self.nodes[i];
             let old = info.node.clone();
+            let old_zone = info.label(ZONE_LABEL).cloned();
             info.set_node(node.clone());
+            let zone = info.label(ZONE_LABEL);
+            if zone != old_zone.as_ref() {
+                let groups = &mut self.zone_groups;
+                count_zone(groups, info, old_zone.as_deref(), ZoneGroups::remove);
+                count_zone(groups, info, zone.map(String::as_str), ZoneGroups::add);
+            }
             return scheduling_relevant_change(&old, &node);
         }
         let info = match self.orphans.remove(&name) {
@@ -56,6 +65,8 @@ impl Cache {
             }
             None => NodeInfo::new(node),
         };
+        let zone = info.label(ZONE_LABEL).map(String::as_str);
+        count_zone(&mut self.zone_groups, &info, zone, ZoneGroups::add);
         self.index.insert(name, self.nodes.len());
         self.nodes.push(info);
         true
@@ -66,6 +77,8 @@ impl Cache {
             return;
         };
         let mut info = self.nodes.swap_remove(i);
+        let zone = info.label(ZONE_LABEL).map(String::as_str);
+        count_zone(&mut self.zone_groups, &info, zone, ZoneGroups::remove);
         if let Some(moved) = self.nodes.get(i) {
             self.index.insert(moved.name().to_string(), i);
         }
@@ -79,15 +92,17 @@ impl Cache {
         self.nodes.iter().map(|n| n.name().to_string()).collect()
     }
 
-    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
-        self.index.get(name).map(|&i| &mut self.nodes[i])
-    }
-
     fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
         let uid = pod.uid().to_string();
         self.remove_pod(&uid);
-        match self.node_mut(node) {
-            Some(info) => info.add_pod(pod),
+        match self.index.get(node) {
+            Some(&i) => {
+                let info = &mut self.nodes[i];
+                if let Some(zone) = info.label(ZONE_LABEL) {
+                    self.zone_groups.add(&pod, zone);
+                }
+                info.add_pod(pod);
+            }
             None => self
                 .orphans
                 .entry(node.to_string())
@@ -130,8 +145,13 @@ impl Cache {
         let Some(e) = self.pods.remove(uid) else {
             return false;
         };
-        if let Some(info) = self.node_mut(&e.node) {
-            info.remove_pod(uid);
+        if let Some(&i) = self.index.get(&e.node) {
+            let info = &mut self.nodes[i];
+            if let Some(pod) = info.remove_pod(uid)
+                && let Some(zone) = info.label(ZONE_LABEL)
+            {
+                self.zone_groups.remove(&pod, zone);
+            }
         } else if let Some(info) = self.orphans.get_mut(&e.node) {
             info.remove_pod(uid);
             if info.pods.is_empty() {
@@ -152,6 +172,25 @@ impl Cache {
 
     pub fn node_info(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|&i| &self.nodes[i])
+    }
+
+    /// The pods of [`Cache::node_infos`] by label group and zone.
+    pub fn zone_groups(&self) -> &ZoneGroups {
+        &self.zone_groups
+    }
+}
+
+/// Adds or removes (`count`) the pods of `info` in `zone`, if any.
+fn count_zone(
+    groups: &mut ZoneGroups,
+    info: &NodeInfo,
+    zone: Option<&str>,
+    count: fn(&mut ZoneGroups, &Arc<PodInfo>, &str),
+) {
+    if let Some(zone) = zone {
+        for pod in &info.pods {
+            count(groups, pod, zone);
+        }
     }
 }
 
@@ -181,6 +220,7 @@ fn scheduling_relevant_change(old: &Node, new: &Node) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn node(name: &str, cpu: &str) -> Arc<Node> {
         Arc::new(serde_json::from_value(json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "pods": "10"}}})).unwrap())
@@ -256,5 +296,82 @@ mod tests {
         assert!(c.set_node(node("n1", "4")));
         assert!(!c.set_node(node("n1", "4")));
         assert!(c.set_node(node("n1", "8")));
+    }
+
+    fn zoned(name: &str, zone: Option<&str>) -> Arc<Node> {
+        let labels = zone.map(|z| json!({"topology.kubernetes.io/zone": z}));
+        Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
+        )
+    }
+
+    fn labelled(name: &str, app: &str, over: serde_json::Value) -> Arc<PodInfo> {
+        let mut v = json!({"metadata": {"name": name, "namespace": "default", "uid": name,
+            "labels": {"app": app}}});
+        if let (Some(m), Some(o)) = (v["metadata"].as_object_mut(), over.as_object()) {
+            m.extend(o.clone());
+        }
+        Arc::new(PodInfo::new(Arc::new(serde_json::from_value(v).unwrap())))
+    }
+
+    /// Per zone, the pods of the cache's zone groups, after checking they
+    /// are what its nodes hold.
+    fn zone_totals(c: &Cache, what: &str) -> BTreeMap<String, u32> {
+        let kept = c.zone_groups().totals();
+        let nodes = c.node_infos();
+        assert_eq!(kept, ZoneGroups::of(&nodes).totals(), "{what}");
+        let mut per_zone = BTreeMap::new();
+        for ((_, _, zone), n) in kept {
+            *per_zone.entry(zone).or_default() += n;
+        }
+        per_zone
+    }
+
+    fn zones(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(z, n)| (z.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn zone_groups_follow_pods_and_nodes() {
+        let mut c = Cache::default();
+        c.set_node(zoned("n1", Some("a")));
+        c.set_node(zoned("n2", Some("b")));
+        c.set_node(zoned("n3", None));
+        c.add_or_update_pod(labelled("p1", "web", json!({})), "n1");
+        c.add_or_update_pod(labelled("p2", "web", json!({})), "n1");
+        c.add_or_update_pod(labelled("p3", "db", json!({})), "n2");
+        c.add_or_update_pod(labelled("p4", "web", json!({})), "n3");
+        c.add_or_update_pod(labelled("p5", "web", json!({})), "unknown");
+        c.assume(labelled("p6", "web", json!({})), "n2");
+        let totals = zone_totals(&c, "pods placed and assumed");
+        assert_eq!(totals, zones(&[("a", 2), ("b", 2)]));
+        c.forget("p6");
+        c.add_or_update_pod(labelled("p1", "db", json!({})), "n1");
+        c.add_or_update_pod(
+            labelled(
+                "p2",
+                "web",
+                json!({"deletionTimestamp": "2026-01-01T00:00:00Z"}),
+            ),
+            "n1",
+        );
+        let totals = zone_totals(&c, "forgotten, relabelled, terminating");
+        assert_eq!(totals, zones(&[("a", 1), ("b", 1)]));
+        c.set_node(zoned("n1", Some("c")));
+        c.set_node(zoned("n3", Some("c")));
+        let totals = zone_totals(&c, "nodes change zone");
+        assert_eq!(totals, zones(&[("b", 1), ("c", 2)]));
+        c.delete_node("n2");
+        let totals = zone_totals(&c, "node deleted");
+        assert_eq!(totals, zones(&[("c", 2)]));
+        c.set_node(zoned("n2", Some("b")));
+        c.set_node(zoned("unknown", Some("b")));
+        let totals = zone_totals(&c, "nodes (re)appear under their pods");
+        assert_eq!(totals, zones(&[("b", 2), ("c", 2)]));
+        for uid in ["p1", "p2", "p3", "p4", "p5"] {
+            c.remove_pod(uid);
+        }
+        assert!(zone_totals(&c, "pods removed").is_empty());
+        assert!(c.zone_groups().groups("default").next().is_none());
     }
 }

@@ -6,9 +6,11 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::resources::{HostPort, Resource, host_ports, non_zero_requests, pod_requests};
 
@@ -112,6 +114,9 @@ pub struct PodInfo {
     pub priority: i32,
     /// The pod has pod affinity or anti-affinity terms.
     pub has_pod_affinity: bool,
+    /// A hash of the namespace and labels, which is all a label selector
+    /// looks at (see [`NodeInfo::label_groups`]).
+    pub label_key: u64,
 }
 
 impl PodInfo {
@@ -127,6 +132,7 @@ impl PodInfo {
                 .as_ref()
                 .and_then(|s| s.affinity.as_ref())
                 .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some()),
+            label_key: label_key(&pod),
             pod,
         }
     }
@@ -183,6 +189,153 @@ pub struct NodeInfo {
     /// `spec.taints`, copied once per node update for the same reason
     /// (empty for most nodes, so the filter touches no other memory).
     pub taints: Vec<Taint>,
+    /// The pods that are not terminating, grouped by namespace and labels
+    /// ([`PodInfo::label_key`]). Counting the pods a selector selects
+    /// evaluates it once per group rather than once per pod: a
+    /// Deployment's pods share their labels, and topology spreading counts
+    /// on thousands of nodes each cycle (reading every pod took ~70 ms a
+    /// cycle at 5,000 nodes and 150,000 pods).
+    pub label_groups: Vec<LabelGroup>,
+    /// The hostname and zone labels, read once per node update: topology
+    /// spreading looks them up on nodes by the thousand each cycle, and
+    /// reaching through the node object into its label map was most of
+    /// that (see [`NodeInfo::label`]).
+    hostname: Option<String>,
+    zone: Option<String>,
+}
+
+/// The node labels [`NodeInfo`] keeps at hand.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Pods of one node with the same [`PodInfo::label_key`].
+#[derive(Debug, Clone)]
+pub struct LabelGroup {
+    pub key: u64,
+    pub count: u32,
+    /// A pod with the group's namespace and labels (the first one added,
+    /// which may have gone since).
+    pub member: Arc<PodInfo>,
+}
+
+/// The assigned pods that are not terminating on the nodes of the
+/// scheduler's cache, counted by label group ([`PodInfo::label_key`]) and
+/// by the nodes' `topology.kubernetes.io/zone` label, kept up to date as
+/// pods and nodes change. Spreading over zones sums these instead of
+/// visiting every node of the cluster each cycle: a Deployment's pods are
+/// one group, so a cycle reads a few numbers instead of thousands of
+/// nodes.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneGroups {
+    /// Namespace → label key → group.
+    namespaces: HashMap<String, HashMap<u64, ZoneGroup>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZoneGroup {
+    /// A pod with the group's namespace and labels (the first one added,
+    /// which may have gone since).
+    pub member: Arc<PodInfo>,
+    /// Zone → pods of the group on the nodes of that zone.
+    pub zones: HashMap<String, u32>,
+}
+
+impl ZoneGroups {
+    /// Counts `pod` on a node of `zone` (terminating pods are not counted).
+    pub fn add(&mut self, pod: &Arc<PodInfo>, zone: &str) {
+        if pod.is_terminating() {
+            return;
+        }
+        let group = self
+            .namespaces
+            .entry(pod.namespace().to_string())
+            .or_default()
+            .entry(pod.label_key)
+            .or_insert_with(|| ZoneGroup {
+                member: pod.clone(),
+                zones: HashMap::new(),
+            });
+        match group.zones.get_mut(zone) {
+            Some(n) => *n += 1,
+            None => {
+                group.zones.insert(zone.to_string(), 1);
+            }
+        }
+    }
+
+    /// Undoes [`ZoneGroups::add`].
+    pub fn remove(&mut self, pod: &Arc<PodInfo>, zone: &str) {
+        if pod.is_terminating() {
+            return;
+        }
+        let Some(groups) = self.namespaces.get_mut(pod.namespace()) else {
+            return;
+        };
+        let Some(group) = groups.get_mut(&pod.label_key) else {
+            return;
+        };
+        if let Some(n) = group.zones.get_mut(zone) {
+            *n -= 1;
+            if *n == 0 {
+                group.zones.remove(zone);
+            }
+        }
+        if group.zones.is_empty() {
+            groups.remove(&pod.label_key);
+            if groups.is_empty() {
+                self.namespaces.remove(pod.namespace());
+            }
+        }
+    }
+
+    /// The groups of a namespace, with their label keys.
+    pub fn groups(&self, namespace: &str) -> impl Iterator<Item = (u64, &ZoneGroup)> {
+        self.namespaces
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|(key, group)| (*key, group))
+    }
+
+    /// (namespace, label key, zone) → pods, for comparing in tests.
+    #[cfg(test)]
+    pub fn totals(&self) -> BTreeMap<(String, u64, String), u32> {
+        let mut out = BTreeMap::new();
+        for (ns, groups) in &self.namespaces {
+            for (key, group) in groups {
+                for (zone, n) in &group.zones {
+                    out.insert((ns.clone(), *key, zone.clone()), *n);
+                }
+            }
+        }
+        out
+    }
+
+    /// What the cache keeps for `nodes`, built at once (for tests).
+    #[cfg(test)]
+    pub fn of(nodes: &[&NodeInfo]) -> ZoneGroups {
+        let mut groups = ZoneGroups::default();
+        for node in nodes {
+            if let Some(zone) = node.label(ZONE_LABEL) {
+                for pod in &node.pods {
+                    groups.add(pod, zone);
+                }
+            }
+        }
+        groups
+    }
+}
+
+/// The hash behind [`PodInfo::label_key`]: two label sets are told apart
+/// by it alone, so a collision (odds about 2^-64 per pair) would count one
+/// group's pods as the other's.
+fn label_key(pod: &Pod) -> u64 {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let mut h = std::hash::DefaultHasher::new();
+    let meta = &pod.metadata;
+    meta.namespace.as_deref().unwrap_or("default").hash(&mut h);
+    meta.labels.as_ref().unwrap_or(&NO_LABELS).hash(&mut h);
+    h.finish()
 }
 
 /// The status of a node's `Ready` condition.
@@ -229,6 +382,8 @@ impl NodeInfo {
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
+        let label = |key: &str| node.metadata.labels.as_ref()?.get(key).cloned();
+        let (hostname, zone) = (label(HOSTNAME_LABEL), label(ZONE_LABEL));
         NodeInfo {
             node,
             pods: Vec::new(),
@@ -239,6 +394,9 @@ impl NodeInfo {
             ready,
             unschedulable,
             taints,
+            label_groups: Vec::new(),
+            hostname,
+            zone,
         }
     }
 
@@ -260,6 +418,16 @@ impl NodeInfo {
         self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
     }
 
+    /// The value of one node label; the hostname and zone without reading
+    /// the node object.
+    pub fn label(&self, key: &str) -> Option<&String> {
+        match key {
+            HOSTNAME_LABEL => self.hostname.as_ref(),
+            ZONE_LABEL => self.zone.as_ref(),
+            _ => self.labels().get(key),
+        }
+    }
+
     /// Replaces the node object, keeping the pods.
     pub fn set_node(&mut self, node: Arc<Node>) {
         let pods = std::mem::take(&mut self.pods);
@@ -272,21 +440,42 @@ impl NodeInfo {
         if pod.has_pod_affinity {
             self.pods_with_affinity.push(pod.clone());
         }
+        if !pod.is_terminating() {
+            match self
+                .label_groups
+                .iter_mut()
+                .find(|g| g.key == pod.label_key)
+            {
+                Some(g) => g.count += 1,
+                None => self.label_groups.push(LabelGroup {
+                    key: pod.label_key,
+                    count: 1,
+                    member: pod.clone(),
+                }),
+            }
+        }
         self.pods.push(pod);
     }
 
-    /// Removes the pod with `uid`; true when it was there.
-    pub fn remove_pod(&mut self, uid: &str) -> bool {
-        let Some(i) = self.pods.iter().position(|p| p.uid() == uid) else {
-            return false;
-        };
+    /// Removes the pod with `uid` and returns it, if it was there.
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| p.uid() == uid)?;
         let pod = self.pods.swap_remove(i);
         if pod.has_pod_affinity {
             self.pods_with_affinity.retain(|p| p.uid() != uid);
         }
+        if !pod.is_terminating() {
+            let groups = &mut self.label_groups;
+            if let Some(i) = groups.iter().position(|g| g.key == pod.label_key) {
+                groups[i].count -= 1;
+                if groups[i].count == 0 {
+                    groups.swap_remove(i);
+                }
+            }
+        }
         self.requested.sub(&pod.requests);
         self.non_zero_requested.sub(&pod.non_zero_requests);
-        true
+        Some(pod)
     }
 }
 
@@ -297,11 +486,22 @@ pub struct ClusterInfo {
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
-/// The nodes of one scheduling cycle.
+/// The nodes of one scheduling cycle, and what the caller resolved for the
+/// pod of that cycle from objects plugins do not read themselves.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot<'a> {
     pub nodes: &'a [&'a NodeInfo],
     pub cluster: &'a ClusterInfo,
+    /// The selector of the system default topology spread constraints for
+    /// the pod (see
+    /// [`default_spread_selector`](crate::plugins::pod_topology_spread::default_spread_selector)):
+    /// `None` when the pod declares constraints of its own or nothing
+    /// selects it. Only PodTopologySpread's scoring reads it.
+    pub default_spread_selector: Option<&'a LabelSelector>,
+    /// The pods of `nodes` by label group and zone, when the caller keeps
+    /// them (the cache does); PodTopologySpread's scoring otherwise counts
+    /// node by node.
+    pub zone_groups: Option<&'a ZoneGroups>,
 }
 
 /// Data a plugin computed in PreFilter or PreScore for its later steps,
@@ -714,6 +914,8 @@ mod tests {
         let snapshot = Snapshot {
             nodes: &refs,
             cluster: &cluster,
+            default_spread_selector: None,
+            zone_groups: None,
         };
         let profile = default_profile();
         let p = pod(json!({}));
@@ -764,6 +966,8 @@ mod tests {
         let snapshot = Snapshot {
             nodes: &refs,
             cluster: &cluster,
+            default_spread_selector: None,
+            zone_groups: None,
         };
         let skipping = pod(json!({"metadata": {"labels": {"skip": "yes"}}}));
         let r = schedule_pod(&profile, &skipping, &snapshot, 0, &mut |_| 0);

@@ -270,6 +270,8 @@ fn fits(
     let snapshot = Snapshot {
         nodes: &view,
         cluster,
+        default_spread_selector: None,
+        zone_groups: None,
     };
     let mut state = CycleState::default();
     let s = profile.run_pre_filter(&mut state, pod, &snapshot);
@@ -401,6 +403,8 @@ mod tests {
             &Snapshot {
                 nodes: &refs,
                 cluster: &cluster,
+                default_spread_selector: None,
+                zone_groups: None,
             },
             0,
             &mut |_| 0,
@@ -446,6 +450,8 @@ mod tests {
         let snapshot = Snapshot {
             nodes: &refs,
             cluster: &cluster,
+            default_spread_selector: None,
+            zone_groups: None,
         };
         let fit = schedule_pod(&profile, &p, &snapshot, 0, &mut |_| 0).expect_err("nothing fits");
         let from = |offset| preempt(&profile, &p, &refs, &cluster, &[], &fit, offset).unwrap();

@@ -1,16 +1,20 @@
-//! The scheduling loop: watches nodes, pods, namespaces, priority classes
-//! and PodDisruptionBudgets (for preemption), keeps the [`Cache`] and the
-//! [`SchedulingQueue`] up to date, schedules one pod at a time, binds in the background, and reports
-//! failures the way Kubernetes does (`PodScheduled=False` condition and a
-//! `FailedScheduling` event).
+//! The scheduling loop: watches nodes, pods, namespaces, priority classes,
+//! PodDisruptionBudgets (for preemption) and the Services,
+//! ReplicationControllers, ReplicaSets and StatefulSets (for default
+//! topology spreading), keeps the [`Cache`] and the [`SchedulingQueue`] up
+//! to date, schedules one pod at a time, binds in the background, and
+//! reports failures the way Kubernetes does (`PodScheduled=False` condition
+//! and a `FailedScheduling` event).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Binding, Event, Namespace, Node, ObjectReference, Pod, PodCondition,
+    Binding, Event, Namespace, Node, ObjectReference, Pod, PodCondition, ReplicationController,
+    Service,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -26,6 +30,7 @@ use tokio::time::Instant;
 use crate::cache::Cache;
 use crate::framework::{ClusterInfo, PodInfo, Profile, Snapshot, schedule_pod};
 use crate::plugins::default_profile;
+use crate::plugins::pod_topology_spread::{SelectingObjects, default_spread_selector};
 use crate::preemption::preempt;
 use crate::queue::{QueueConfig, SchedulingQueue};
 
@@ -125,12 +130,67 @@ struct Scheduler {
     /// victims preemption picks, never whether a pod fits (as upstream,
     /// which registers no PDB events).
     pdbs: Informer<PodDisruptionBudget>,
+    /// What gives a pod without spread constraints of its own its default
+    /// spreading. A change requeues no pod: the defaults only score (as
+    /// upstream, whose PodTopologySpread registers no events for these
+    /// kinds).
+    selecting: SelectingCaches,
     nodes_synced: bool,
     pods_synced: bool,
     relist_nodes: Option<HashSet<String>>,
     relist_pods: Option<HashSet<String>>,
     bind_tx: mpsc::UnboundedSender<BindOutcome>,
     bind_rx: Option<mpsc::UnboundedReceiver<BindOutcome>>,
+}
+
+/// The caches the default spreading selector is read from (upstream's
+/// listers for `helper.DefaultSelector`).
+struct SelectingCaches {
+    services: Informer<Service>,
+    replication_controllers: Informer<ReplicationController>,
+    replica_sets: Informer<ReplicaSet>,
+    stateful_sets: Informer<StatefulSet>,
+}
+
+impl SelectingCaches {
+    fn spawn(client: &kube::Client) -> SelectingCaches {
+        let config = watcher::Config::default;
+        SelectingCaches {
+            services: Informer::spawn(Api::all(client.clone()), config()),
+            replication_controllers: Informer::spawn(Api::all(client.clone()), config()),
+            replica_sets: Informer::spawn(Api::all(client.clone()), config()),
+            stateful_sets: Informer::spawn(Api::all(client.clone()), config()),
+        }
+    }
+
+    fn is_synced(&self) -> bool {
+        self.services.is_synced()
+            && self.replication_controllers.is_synced()
+            && self.replica_sets.is_synced()
+            && self.stateful_sets.is_synced()
+    }
+}
+
+impl SelectingObjects for SelectingCaches {
+    fn services(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.services.list_namespace(namespace)
+    }
+
+    fn replication_controller(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<ReplicationController>> {
+        self.replication_controllers.get(namespace, name)
+    }
+
+    fn replica_set(&self, namespace: &str, name: &str) -> Option<Arc<ReplicaSet>> {
+        self.replica_sets.get(namespace, name)
+    }
+
+    fn stateful_set(&self, namespace: &str, name: &str) -> Option<Arc<StatefulSet>> {
+        self.stateful_sets.get(namespace, name)
+    }
 }
 
 fn watch<K>(api: Api<K>) -> impl Stream<Item = Result<WatchEvent<K>, watcher::Error>> + Send
@@ -153,6 +213,7 @@ impl Scheduler {
             cluster: ClusterInfo::default(),
             priority_classes: HashMap::new(),
             pdbs: Informer::spawn(Api::all(client.clone()), watcher::Config::default()),
+            selecting: SelectingCaches::spawn(&client),
             client,
             nodes_synced: false,
             pods_synced: false,
@@ -174,7 +235,12 @@ impl Scheduler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(scheduler = %self.config.scheduler_name, "scheduler started");
         loop {
-            let can_schedule = self.nodes_synced && self.pods_synced && self.queue.has_active();
+            // As upstream waits for its informers: a pod scheduled before
+            // the Services and controllers are known would not be spread.
+            let can_schedule = self.nodes_synced
+                && self.pods_synced
+                && self.selecting.is_synced()
+                && self.queue.has_active();
             tokio::select! {
                 biased;
                 Some(out) = bind_rx.recv() => self.on_bound(out),
@@ -402,10 +468,13 @@ impl Scheduler {
             return;
         };
         let info = self.pod_info(pod.clone());
+        let spread_selector = default_spread_selector(&info, &self.selecting);
         let infos = self.cache.node_infos();
         let snapshot = Snapshot {
             nodes: &infos,
             cluster: &self.cluster,
+            default_spread_selector: spread_selector.as_ref(),
+            zone_groups: Some(self.cache.zone_groups()),
         };
         let start = self.next_start_node;
         let result = schedule_pod(&self.profile, &info, &snapshot, start, &mut |n| {

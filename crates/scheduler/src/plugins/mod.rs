@@ -67,10 +67,11 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use serde_json::{Value, json};
 
     use crate::framework::{
-        ClusterInfo, Code, CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status,
+        ClusterInfo, Code, CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, ZoneGroups,
     };
 
     pub struct Case {
@@ -170,6 +171,8 @@ pub(crate) mod testing {
         let snapshot = Snapshot {
             nodes: &refs,
             cluster,
+            default_spread_selector: None,
+            zone_groups: None,
         };
         let mut state = CycleState::default();
         if let Some(pf) = plugin.pre_filter() {
@@ -200,20 +203,40 @@ pub(crate) mod testing {
 
     /// PreScore, Score and Normalize with every node feasible.
     pub fn run_score(plugin: &dyn Plugin, pod: &PodInfo, nodes: &[NodeInfo]) -> Vec<i64> {
+        run_score_with(plugin, pod, nodes, None)
+    }
+
+    /// [`run_score`] with the snapshot's default spread selector set. Runs
+    /// twice, without and with the zone groups a cache would keep, and
+    /// checks both give the same.
+    pub fn run_score_with(
+        plugin: &dyn Plugin,
+        pod: &PodInfo,
+        nodes: &[NodeInfo],
+        default_spread_selector: Option<&LabelSelector>,
+    ) -> Vec<i64> {
         let refs: Vec<&NodeInfo> = nodes.iter().collect();
         let cluster = ClusterInfo::default();
-        let snapshot = Snapshot {
-            nodes: &refs,
-            cluster: &cluster,
+        let groups = ZoneGroups::of(&refs);
+        let run = |zone_groups| {
+            let snapshot = Snapshot {
+                nodes: &refs,
+                cluster: &cluster,
+                default_spread_selector,
+                zone_groups,
+            };
+            let mut state = CycleState::default();
+            let sp = plugin.score().expect("a score plugin");
+            if sp.pre_score(&mut state, pod, &refs, &snapshot).code == Code::Skip {
+                // As the framework does: the plugin adds nothing.
+                return vec![0; nodes.len()];
+            }
+            let mut scores: Vec<i64> = refs.iter().map(|n| sp.score(&state, pod, n)).collect();
+            sp.normalize(&state, pod, &mut scores);
+            scores
         };
-        let mut state = CycleState::default();
-        let sp = plugin.score().expect("a score plugin");
-        if sp.pre_score(&mut state, pod, &refs, &snapshot).code == crate::framework::Code::Skip {
-            // As the framework does: the plugin adds nothing.
-            return vec![0; nodes.len()];
-        }
-        let mut scores: Vec<i64> = refs.iter().map(|n| sp.score(&state, pod, n)).collect();
-        sp.normalize(&state, pod, &mut scores);
+        let scores = run(None);
+        assert_eq!(run(Some(&groups)), scores, "with zone groups");
         scores
     }
 }
