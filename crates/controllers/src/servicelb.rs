@@ -9,8 +9,12 @@
 //! the nodes running its svclb pods, which forward the port the same way).
 //! As in k3s, the nodes' ExternalIPs are used when some node has one, their
 //! InternalIPs otherwise, filtered and ordered by the service's
-//! `ipFamilies`, each family sorted. No serving node, no ingress. A service
-//! that stops being a LoadBalancer has its ingress cleared.
+//! `ipFamilies`, each family sorted. With `externalTrafficPolicy: Local`
+//! only serving nodes that run a ready endpoint of the service count (what
+//! a cloud balancer's health check on `healthCheckNodePort` finds), since
+//! the other nodes' proxies drop that traffic. No serving node, no
+//! ingress. A service that stops being a LoadBalancer has its ingress
+//! cleared.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +24,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, ObjectReference, Service};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -100,18 +105,57 @@ fn node_addresses(node: &Node) -> (Vec<IpAddr>, Vec<IpAddr>) {
     (internal, external)
 }
 
-/// The pure decision: the ingress `service` should show, given every node.
-/// Empty for a service this controller does not manage.
+/// Whether only nodes with a local endpoint receive the service's external
+/// traffic (`externalTrafficPolicy: Local`).
+pub fn is_local(service: &Service) -> bool {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        == Some("Local")
+}
+
+/// The label that ties an EndpointSlice to its service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The nodes running a ready endpoint in `slices` (a missing `ready`
+/// condition means ready, as in the API).
+pub fn nodes_with_ready_endpoints(slices: &[EndpointSlice]) -> BTreeSet<String> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .filter_map(|e| e.node_name.clone())
+        .collect()
+}
+
+/// The pure decision: the ingress `service` should show, given every node
+/// and, for a `Local` external traffic policy, the nodes with a ready
+/// endpoint (`None` counts as no node). Empty for a service this
+/// controller does not manage.
 pub fn desired_ingress<N: Borrow<Node>>(
     service: &Service,
     nodes: &[N],
+    endpoint_nodes: Option<&BTreeSet<String>>,
 ) -> Vec<LoadBalancerIngress> {
     if !is_managed(service) {
         return Vec::new();
     }
+    let local = is_local(service);
     let (mut internal, mut external) = (BTreeSet::new(), BTreeSet::new());
     for node in nodes {
-        let (i, e) = node_addresses(node.borrow());
+        let node = node.borrow();
+        if local
+            && !endpoint_nodes.is_some_and(|names| {
+                node.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| names.contains(n))
+            })
+        {
+            continue;
+        }
+        let (i, e) = node_addresses(node);
         internal.extend(i);
         external.extend(e);
     }
@@ -184,7 +228,18 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     if is_foreign(&svc) {
         return Ok(Action::await_change());
     }
-    let desired = desired_ingress(&svc, &ctx.nodes.list());
+    let endpoint_nodes = if is_managed(&svc) && is_local(&svc) {
+        let ns = svc.namespace().unwrap_or_default();
+        let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
+            .list(
+                &ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={}", svc.name_any())),
+            )
+            .await?;
+        Some(nodes_with_ready_endpoints(&slices.items))
+    } else {
+        None
+    };
+    let desired = desired_ingress(&svc, &ctx.nodes.list(), endpoint_nodes.as_ref());
     let current = current_ingress(&svc);
     if desired != current {
         let ns = svc.namespace().unwrap_or_default();
@@ -265,6 +320,7 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
         watcher::Config::default(),
     );
     let services = controller.store();
+    let local_services = services.clone();
     let nodes = informers.nodes.clone();
     // Subscribed before the snapshot below, so no change falls between.
     let node_events = informers.nodes.subscribe();
@@ -297,6 +353,21 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
         })
+        // An endpoint slice changed: a Local service may gain or lose a
+        // node (slices of other services wake nothing).
+        .watches(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            move |slice| {
+                let ns = slice.namespace()?;
+                let service = slice.labels().get(SERVICE_NAME_LABEL)?.clone();
+                let key = ObjectRef::<Service>::new(&service).within(&ns);
+                local_services
+                    .get(&key)
+                    .filter(|s| is_managed(s) && is_local(s))
+                    .map(|_| key)
+            },
+        )
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -481,7 +552,7 @@ mod tests {
             ),
         ];
         for (name, svc, nodes, want) in cases {
-            let got = desired_ingress(&svc, &nodes);
+            let got = desired_ingress(&svc, &nodes, None);
             assert_eq!(ips(&got), want, "{name}");
             assert!(
                 got.iter().all(|i| i.ip_mode.as_deref() == Some("VIP")
@@ -490,6 +561,62 @@ mod tests {
                 "{name}: {got:?}"
             );
         }
+    }
+
+    fn slice(endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-x", "namespace": "default",
+                         "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints.iter().enumerate().map(|(i, (node, ready))| json!({
+                "addresses": [format!("10.42.0.{}", i + 2)],
+                "nodeName": node,
+                "conditions": match ready {
+                    Some(r) => json!({"ready": r}),
+                    None => json!({}),
+                },
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("slice")
+    }
+
+    #[test]
+    fn local_traffic_policy_lists_only_nodes_with_a_ready_endpoint() {
+        let mut lb = service("LoadBalancer", None, &["IPv4"]);
+        let nodes = vec![
+            node("a", "True", &[("InternalIP", "10.0.0.1")]),
+            node("b", "True", &[("InternalIP", "10.0.0.2")]),
+            node("c", "True", &[("InternalIP", "10.0.0.3")]),
+            node("d", "False", &[("InternalIP", "10.0.0.4")]),
+        ];
+        // b: ready; c: not ready; a: ready by default (no condition); d:
+        // ready but the node itself is not.
+        let slices = [
+            slice(&[("b", Some(true)), ("c", Some(false))]),
+            slice(&[("a", None), ("d", Some(true))]),
+        ];
+        let with_endpoints = nodes_with_ready_endpoints(&slices);
+        assert_eq!(
+            with_endpoints
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            vec!["a", "b", "d"]
+        );
+        // Cluster policy: every serving node, endpoints or not.
+        assert_eq!(
+            ips(&desired_ingress(&lb, &nodes, Some(&with_endpoints))),
+            vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        );
+        lb.spec.as_mut().expect("spec").external_traffic_policy = Some("Local".into());
+        assert!(is_local(&lb));
+        assert_eq!(
+            ips(&desired_ingress(&lb, &nodes, Some(&with_endpoints))),
+            vec!["10.0.0.1", "10.0.0.2"]
+        );
+        // No ready endpoint anywhere (or none known): no ingress.
+        assert!(desired_ingress(&lb, &nodes, Some(&BTreeSet::new())).is_empty());
+        assert!(desired_ingress(&lb, &nodes, None).is_empty());
     }
 
     #[test]
@@ -553,7 +680,7 @@ mod tests {
             ..Default::default()
         });
         let nodes = [node("a", "True", &[("InternalIP", "10.0.0.1")])];
-        assert!(desired_ingress(&svc, &nodes).is_empty());
-        assert_ne!(current_ingress(&svc), desired_ingress(&svc, &nodes));
+        assert!(desired_ingress(&svc, &nodes, None).is_empty());
+        assert_ne!(current_ingress(&svc), desired_ingress(&svc, &nodes, None));
     }
 }

@@ -445,6 +445,22 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // externalTrafficPolicy Local: only nodes with a ready endpoint are
+    // listed, so the address goes when the Deployment scales to zero and
+    // comes back with its pods.
+    cluster.ok(&[
+        "patch",
+        "service",
+        "lb-web",
+        "-p",
+        r#"{"spec": {"externalTrafficPolicy": "Local"}}"#,
+    ])?;
+    cluster.ok(&["scale", "deployment/lb-web", "--replicas=0"])?;
+    cluster.wait_for(&ingress, "", Duration::from_secs(60))?;
+    cluster.ok(&["scale", "deployment/lb-web", "--replicas=2"])?;
+    cluster.ok(&["rollout", "status", "deployment/lb-web", "--timeout=120s"])?;
+    cluster.wait_for(&ingress, "10.99.0.1", Duration::from_secs(30))?;
+
     // Back to ClusterIP (the API server drops the node port and the
     // load-balancer status with the type): the ingress is cleared and the
     // address stops answering on the port.
