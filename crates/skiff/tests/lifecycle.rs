@@ -161,6 +161,94 @@ fn a_container_that_exits_is_restarted_with_back_off() -> Result<()> {
     delete_and_wait(&cluster, "crash")
 }
 
+const STUBBORN: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stubborn
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: c
+    image: skiff.test/testbin:1
+    imagePullPolicy: Never
+    args: ["ignore-term"]
+"#;
+
+/// Whether the pod `name` still exists, and its deletion timestamp.
+fn still_there(cluster: &Cluster, name: &str) -> Result<Option<Value>> {
+    let out = cluster.ok(&[
+        "get",
+        "pods",
+        "--field-selector",
+        &format!("metadata.name={name}"),
+        "-o",
+        "json",
+    ])?;
+    let list: Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .and_then(|items| items.first())
+        .map(|p| p["metadata"]["deletionTimestamp"].clone()))
+}
+
+#[test]
+fn a_container_that_ignores_sigterm_is_killed_after_its_grace_period() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let wait_ignoring = |cluster: &Cluster| {
+        cluster.wait_for(
+            &["logs", "stubborn"],
+            "ignoring SIGTERM",
+            Duration::from_secs(60),
+        )
+    };
+    // The pod's own grace period (4 s): SIGTERM changes nothing, so the
+    // pod is still there, terminating, well inside it, and gone after it.
+    apply(&cluster, "stubborn", STUBBORN)?;
+    wait_ignoring(&cluster)?;
+    let deleted = Instant::now();
+    cluster.ok(&["delete", "pod", "stubborn", "--wait=false"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let terminating = still_there(&cluster, "stubborn")?;
+    ensure!(
+        terminating.as_ref().is_some_and(|ts| ts.is_string()),
+        "2 s into a 4 s grace period the pod should still be terminating: {terminating:?}"
+    );
+    cluster.wait_for(
+        &[
+            "get",
+            "pods",
+            "--field-selector",
+            "metadata.name=stubborn",
+            "-o",
+            "name",
+        ],
+        "",
+        Duration::from_secs(60),
+    )?;
+    let took = deleted.elapsed();
+    ensure!(
+        took >= Duration::from_secs(4),
+        "the pod went after {took:?}, before its 4 s grace period ended"
+    );
+    let evs = events(&cluster, "stubborn")?;
+    ensure!(
+        evs.iter().any(|(r, _)| r == "Killing"),
+        "no Killing event: {evs:?}"
+    );
+
+    // `kubectl delete --grace-period=0 --force` overrides it: the pod object
+    // goes at once and the container is killed without waiting.
+    apply(&cluster, "stubborn", STUBBORN)?;
+    wait_ignoring(&cluster)?;
+    cluster.ok(&["delete", "pod", "stubborn", "--grace-period=0", "--force"])?;
+    ensure!(
+        still_there(&cluster, "stubborn")?.is_none(),
+        "a forced delete should remove the pod at once"
+    );
+    Ok(())
+}
+
 const LIVENESS: &str = r#"
 apiVersion: v1
 kind: Pod

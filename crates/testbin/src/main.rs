@@ -25,6 +25,8 @@ static UNHEALTHY: AtomicBool = AtomicBool::new(false);
 const USAGE: &str = "usage: skiff-testbin <command> [args]
 commands:
   pause                          print 'paused', sleep until SIGTERM/SIGINT, exit 0
+  ignore-term                    ignore SIGTERM, print 'ignoring SIGTERM', sleep
+                                 until killed (graceful termination tests)
   sleep SECONDS                  sleep, then exit 0
   exit CODE                      exit with CODE
   print TEXT...                  print TEXT on stdout (one line)
@@ -102,6 +104,15 @@ fn run(command: &str, args: &[String]) -> Result<u8, String> {
         "pause" => {
             // Printed once the SIGTERM handler is in place: tests wait for it.
             println!("paused");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        "ignore-term" => {
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            // Printed once SIGTERM is ignored: tests wait for it.
+            println!("ignoring SIGTERM");
             let _ = std::io::stdout().flush();
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
