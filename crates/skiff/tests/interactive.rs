@@ -640,3 +640,41 @@ fn kubectl_cp_round_trips_files_and_directories_byte_for_byte() -> Result<()> {
     }
     Ok(())
 }
+
+/// `kubectl run -i` of a container that is done before kubectl could
+/// attach: kubectl sees the pod completed (or fails to attach to the
+/// exited container) and prints the logs instead, so the output is not
+/// lost.
+#[test]
+fn kubectl_run_of_a_container_that_exits_at_once_still_prints_its_output() -> Result<()> {
+    let cluster = Cluster::start()?;
+    let mut child = kubectl(
+        &cluster,
+        &[
+            "run",
+            "quick",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image=skiff.test/testbin:1",
+            "--image-pull-policy=Never",
+            "--",
+            "print",
+            "hello-from-quick",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
+    let output = Collected::reading(child.stdout.take().context("stdout")?);
+    let errors = Collected::reading(child.stderr.take().context("stderr")?);
+    let status = wait_child(&mut child, Duration::from_secs(120))?;
+    ensure!(
+        status.success() && output.text().contains("hello-from-quick"),
+        "{status}: stdout {:?} / stderr {:?}",
+        output.text(),
+        errors.text()
+    );
+    Ok(())
+}
