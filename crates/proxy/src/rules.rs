@@ -375,36 +375,34 @@ fn port_rules(
                 config.cluster_cidr.trunc()
             ));
         }
-        if let Some(timeout) = service.affinity_timeout {
+        // With affinity, a client found in an endpoint's set goes back to
+        // it; everyone else is picked at random (and remembered).
+        let target = |ep: &Ep<'_>| to_endpoint(proto, ep, service.affinity_timeout, &id);
+        if service.affinity_timeout.is_some() {
             for ep in eps {
                 let set = affinity_set(&id, ep);
-                rules.push(format!(
-                    "ip saddr @{set} {}",
-                    to_endpoint(proto, ep, Some((&set, timeout)))
-                ));
+                rules.push(format!("ip saddr @{set} {}", target(ep)));
                 out.sets.insert(set);
             }
         }
-        let remember = |ep: &Ep<'_>| {
-            service
-                .affinity_timeout
-                .map(|timeout| (affinity_set(&id, ep), timeout))
-        };
-        rules.extend(pick_at_random(eps, |ep| {
-            let set = remember(ep);
-            to_endpoint(proto, ep, set.as_ref().map(|(s, t)| (s.as_str(), *t)))
-        }));
+        rules.extend(pick_at_random(eps, target));
         out.chains.insert(chain.clone(), rules);
         out.hairpin.extend(eps.iter().map(|ep| ep.ip));
     }
 }
 
-/// The statements that send a connection to `ep`: remember the client in
-/// the endpoint's affinity set (`(set, timeout seconds)`) when the service
-/// has client-IP affinity, then DNAT.
-fn to_endpoint(proto: &str, ep: &Ep<'_>, affinity: Option<(&str, u32)>) -> String {
-    let remember = affinity
-        .map(|(set, timeout)| format!("update @{set} {{ ip saddr timeout {timeout}s }} "))
+/// The statements that send a connection to `ep` of the service port `id`:
+/// remember the client in the endpoint's affinity set for
+/// `affinity_timeout` seconds when the service has client-IP affinity, then
+/// DNAT.
+fn to_endpoint(proto: &str, ep: &Ep<'_>, affinity_timeout: Option<u32>, id: &str) -> String {
+    let remember = affinity_timeout
+        .map(|timeout| {
+            format!(
+                "update @{} {{ ip saddr timeout {timeout}s }} ",
+                affinity_set(id, ep)
+            )
+        })
         .unwrap_or_default();
     format!(
         "meta l4proto {proto} {remember}dnat to {}:{}",

@@ -2,6 +2,8 @@
 //! the node (filter); preferred node affinity terms add their weights
 //! (score, normalized so the best node gets 100).
 
+use k8s_openapi::api::core::v1::{NodeSelector, PodSpec};
+
 use crate::framework::{
     CycleState, FilterPlugin, NodeInfo, Plugin, PodInfo, ScorePlugin, Status, default_normalize,
 };
@@ -37,18 +39,31 @@ pub fn required_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
     {
         return false;
     }
-    let required = spec
-        .affinity
+    match required_affinity(spec) {
+        None => true,
+        Some(sel) => node_selector_matches(sel, node.name(), node.labels()),
+    }
+}
+
+/// The pod's required node affinity, if it declares one.
+pub fn required_affinity(spec: &PodSpec) -> Option<&NodeSelector> {
+    spec.affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|na| {
             na.required_during_scheduling_ignored_during_execution
                 .as_ref()
-        });
-    match required {
-        None => true,
-        Some(sel) => node_selector_matches(sel, node.name(), node.labels()),
-    }
+        })
+}
+
+/// Whether the pod restricts its nodes at all (a non-empty `nodeSelector`
+/// or required node affinity): [`required_matches`] holds on every node
+/// otherwise.
+pub fn restricts_nodes(pod: &PodInfo) -> bool {
+    pod.pod.spec.as_ref().is_some_and(|spec| {
+        spec.node_selector.as_ref().is_some_and(|s| !s.is_empty())
+            || required_affinity(spec).is_some()
+    })
 }
 
 impl FilterPlugin for NodeAffinity {

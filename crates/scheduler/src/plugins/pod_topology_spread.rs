@@ -35,7 +35,7 @@ use crate::framework::{
     Code, CycleState, FilterPlugin, HOSTNAME_LABEL, MAX_NODE_SCORE, NodeInfo, Plugin, PodInfo,
     PreFilterPlugin, ScorePlugin, Snapshot, Status, ZONE_LABEL, ZoneGroups,
 };
-use crate::plugins::node_affinity::required_matches;
+use crate::plugins::node_affinity::{required_matches, restricts_nodes};
 use crate::selectors::{label_selector_matches, tolerations_tolerate};
 
 pub const NAME: &str = "PodTopologySpread";
@@ -258,24 +258,7 @@ fn has_all_keys(node: &NodeInfo, cs: &[Constraint]) -> bool {
 /// Whether [`node_included`] holds for every node, whatever its labels and
 /// taints.
 fn includes_every_node(c: &Constraint, pod: &PodInfo) -> bool {
-    if c.honor_taints {
-        return false;
-    }
-    if !c.honor_affinity {
-        return true;
-    }
-    let Some(spec) = pod.pod.spec.as_ref() else {
-        return true;
-    };
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    spec.node_selector.as_ref().is_none_or(|s| s.is_empty()) && required.is_none()
+    !c.honor_taints && !(c.honor_affinity && restricts_nodes(pod))
 }
 
 /// `MatchNodeInclusionPolicies`.
