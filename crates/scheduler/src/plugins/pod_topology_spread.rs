@@ -258,7 +258,7 @@ fn has_all_keys(node: &NodeInfo, cs: &[Constraint]) -> bool {
 /// Whether [`node_included`] holds for every node, whatever its labels and
 /// taints.
 fn includes_every_node(c: &Constraint, pod: &PodInfo) -> bool {
-    !c.honor_taints && !(c.honor_affinity && restricts_nodes(pod))
+    !(c.honor_taints || (c.honor_affinity && restricts_nodes(pod)))
 }
 
 /// `MatchNodeInclusionPolicies`.
