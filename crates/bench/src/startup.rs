@@ -66,7 +66,8 @@ pub struct RoundFigures {
     pub all_deleted: Duration,
     /// The agent process while the round's pods run.
     pub agent: Memory,
-    /// The container monitors (one process per container), summed.
+    /// The container monitors (one process per container) and the monitor
+    /// zygote, summed.
     pub monitors: Memory,
     pub monitor_count: usize,
 }
@@ -446,7 +447,8 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The container monitors of the agent `pid`: its forks, which keep its
+/// The container monitors of the agent `pid`, and the zygote that forks
+/// them (see `skiff_runtime::Zygote`): the agent's forks, which keep its
 /// command line (they run no other program), other than the agent itself.
 fn monitors_of(pid: u32, agent_data: &Path) -> Result<(Memory, usize)> {
     let agent_cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;

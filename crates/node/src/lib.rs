@@ -17,6 +17,7 @@
 //! `portforward.k8s.io` sessions.
 
 pub mod backoff;
+pub mod cgroups;
 pub mod config;
 pub mod env;
 pub mod events;

@@ -117,6 +117,9 @@ pub fn labels(id: &NodeIdentity, config: &NodeConfig) -> BTreeMap<String, String
 pub struct Health {
     /// `Err(message)` when the runtime does not answer.
     pub runtime: Result<(), String>,
+    /// `Err(message)` while the runtime has no pod network to give
+    /// sandboxes (the CRI's `NetworkReady=false`).
+    pub network: Result<(), String>,
     pub memory_pressure: bool,
     pub disk_pressure: bool,
     pub pid_pressure: bool,
@@ -176,18 +179,28 @@ pub fn conditions(health: &Health, old: &[NodeCondition], now: Timestamp) -> Vec
                 "kubelet has sufficient PID available",
             ),
         ),
-        match &health.runtime {
-            Ok(()) => make(
+        match (&health.runtime, &health.network) {
+            (Ok(()), Ok(())) => make(
                 "Ready",
                 true,
                 "KubeletReady",
                 "kubelet is posting ready status".to_string(),
             ),
-            Err(e) => make(
+            (Err(e), _) => make(
                 "Ready",
                 false,
                 "KubeletNotReady",
                 format!("container runtime is down: {e}"),
+            ),
+            // The kubelet's wording for the CRI's NetworkReady=false.
+            (Ok(()), Err(e)) => make(
+                "Ready",
+                false,
+                "KubeletNotReady",
+                format!(
+                    "container runtime network not ready: NetworkReady=false \
+                     reason:NetworkPluginNotReady message:{e}"
+                ),
             ),
         },
     ]
@@ -369,8 +382,13 @@ pub async fn status_loop(
         let rv = runtime_version(runtime.as_ref()).await;
         let avail = machine::availability(&config.data_dir);
         let (memory_pressure, disk_pressure, pid_pressure) = machine::pressure(&avail);
+        let network = match &rv {
+            Ok(_) => runtime.network_ready().await,
+            Err(_) => Ok(()),
+        };
         let health = Health {
             runtime: rv.as_ref().map(|_| ()).map_err(Clone::clone),
+            network,
             memory_pressure,
             disk_pressure,
             pid_pressure,
@@ -386,10 +404,12 @@ pub async fn status_loop(
                 Err(e) => tracing::warn!(node = %id.name, error = %e, "posting node status"),
             }
         }
-        let wait = if last.is_some() {
-            check
-        } else {
-            Duration::from_secs(1)
+        // Until the first post, and while the pod network is not ready
+        // (it becomes ready once the pod CIDR arrives), look every second,
+        // so the node turns Ready soon after.
+        let wait = match &last {
+            Some((h, _)) if h.network.is_ok() => check,
+            _ => Duration::from_secs(1),
         };
         tokio::time::sleep(wait).await;
     }
@@ -491,6 +511,7 @@ mod tests {
         let t1 = Timestamp::from_second(2_000).unwrap_or(Timestamp::UNIX_EPOCH);
         let healthy = Health {
             runtime: Ok(()),
+            network: Ok(()),
             memory_pressure: false,
             disk_pressure: false,
             pid_pressure: false,
@@ -523,5 +544,24 @@ mod tests {
             ready.and_then(|c| c.message.clone()).as_deref(),
             Some("container runtime is down: connection refused")
         );
+        // A runtime without a pod network yet: not Ready, in the kubelet's
+        // words, with the pressure conditions unaffected.
+        let no_network = Health {
+            network: Err("the node has no pod CIDR yet".into()),
+            ..healthy.clone()
+        };
+        let third = conditions(&no_network, &first, t1);
+        let ready = third.iter().find(|c| c.type_ == "Ready");
+        assert_eq!(
+            ready.map(|c| (c.status.as_str(), c.message.as_deref())),
+            Some((
+                "False",
+                Some(
+                    "container runtime network not ready: NetworkReady=false \
+                     reason:NetworkPluginNotReady message:the node has no pod CIDR yet"
+                )
+            ))
+        );
+        assert_eq!(by(&third, "DiskPressure"), Some(("False".into(), Some(t0))));
     }
 }

@@ -97,6 +97,13 @@ impl SandboxNetwork for BridgeNetwork {
         }
     }
 
+    async fn ready(&self) -> std::result::Result<(), String> {
+        match self.network.read().await.as_ref() {
+            Some(_) => Ok(()),
+            None => Err("the node has no pod CIDR yet".into()),
+        }
+    }
+
     async fn update_pod_cidr(&self, pod_cidr: &str) -> Result<()> {
         let cidr: Ipv4Net = pod_cidr
             .parse()

@@ -20,12 +20,14 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::BackoffSet;
+use crate::cgroups;
 use crate::config::NodeConfig;
 use crate::env::{self, PodFacts, Sources};
 use crate::events::{Recorder, Subject};
 use crate::logs;
 use crate::node::NodeIdentity;
 use crate::probe::{self, ContainerProbes, ProbeKind};
+use crate::resources;
 use crate::spec::{self, ClusterDns, HostDns, ImageUser, VolumePath};
 use crate::status::{self, ContainerObservation, ProbeView, RunState, StatusInput, Waiting};
 use crate::volumes::{self, PodVolumes, VolumeManager};
@@ -1395,6 +1397,12 @@ impl Worker {
             Err(e) => tracing::warn!(pod = %self.name(), error = %e, "listing sandboxes"),
         }
         self.sandbox = None;
+        let parent = spec::cgroup_parent(
+            &self.ctx.config.cgroup_root,
+            resources::qos_class(&self.pod),
+            &self.uid,
+        );
+        cgroups::remove_pod_cgroup(&parent);
         if let Err(e) = self.ctx.volumes.teardown(&self.uid) {
             tracing::warn!(pod = %self.name(), error = %e, "removing volumes");
         }

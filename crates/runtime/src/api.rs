@@ -128,6 +128,13 @@ pub trait RuntimeService: Send + Sync {
     async fn update_runtime_config(&self, _pod_cidr: &str) -> Result<()> {
         Err(Error::Unsupported("update_runtime_config"))
     }
+
+    /// The `NetworkReady` condition of the CRI's `Status`: `Err(message)`
+    /// while the runtime cannot give sandboxes a pod network yet (the node
+    /// agent then reports the node not Ready, as the kubelet does).
+    async fn network_ready(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// `ImageService` of the CRI.

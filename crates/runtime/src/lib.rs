@@ -30,7 +30,7 @@ pub use api::{
     AttachRequest, AttachSession, ContainerRuntime, Error, ExecRequest, ExecSession, ImageService,
     Result, RuntimeService,
 };
-pub use builtin::{BuiltinConfig, BuiltinRuntime};
+pub use builtin::{BuiltinConfig, BuiltinRuntime, Zygote};
 pub use cri::CriClient;
 pub use images::ImageStore;
 pub use images::keyring::Keyring;

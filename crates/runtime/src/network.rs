@@ -26,6 +26,11 @@ pub trait SandboxNetwork: Send + Sync {
     async fn update_pod_cidr(&self, _pod_cidr: &str) -> Result<()> {
         Ok(())
     }
+    /// `Err(message)` while [`Self::setup`] cannot succeed yet (say, before
+    /// the node has a pod CIDR).
+    async fn ready(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// No pod network: sandboxes get loopback only and no IP.

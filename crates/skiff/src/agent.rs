@@ -9,6 +9,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+/// The zygote that forks this process's container monitors, started by
+/// `main` before the async runtime (see `cli::prepare_process`); unset when
+/// it could not be started or the node uses a CRI runtime.
+pub static MONITOR_ZYGOTE: std::sync::OnceLock<Arc<skiff_runtime::Zygote>> =
+    std::sync::OnceLock::new();
+
 /// What the agent is told by flags.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -143,6 +149,7 @@ async fn runtime(
         );
     }
     let mut config = skiff_runtime::BuiltinConfig::new(agent_dir.join("runtime"));
+    config.zygote = MONITOR_ZYGOTE.get().cloned();
     config.pull.registries = skiff_runtime::Registries::load(&opts.private_registry)
         .with_context(|| format!("reading {}", opts.private_registry.display()))?;
     let runtime = skiff_runtime::BuiltinRuntime::new(config, Arc::new(network))

@@ -505,16 +505,37 @@ impl DatastoreArgs {
     }
 }
 
+/// Process-wide set-up that must happen while `main` is still
+/// single-threaded, before the async runtime starts: transparent huge pages
+/// off for the long-running commands (inherited by every fork), then, where
+/// this process runs the built-in container runtime, the zygote that forks
+/// its container monitors (see `skiff_runtime::Zygote`).
+pub fn prepare_process(cli: &Cli) {
+    let node = match &cli.command {
+        Command::Server(args) => (!args.disable_agent).then_some(&args.node),
+        Command::Agent(args) => Some(&args.node),
+        _ => return,
+    };
+    no_transparent_huge_pages();
+    let Some(node) = node else { return };
+    if node.container_runtime_endpoint.is_some() {
+        return;
+    }
+    match skiff_runtime::Zygote::fork() {
+        Ok(zygote) => {
+            tracing::debug!(pid = zygote.pid(), "monitor zygote started");
+            let _ = crate::agent::MONITOR_ZYGOTE.set(std::sync::Arc::new(zygote));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no monitor zygote: container monitors are forked from the agent")
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Server(args) => {
-            no_transparent_huge_pages();
-            server(args).await
-        }
-        Command::Agent(args) => {
-            no_transparent_huge_pages();
-            agent(args).await
-        }
+        Command::Server(args) => server(args).await,
+        Command::Agent(args) => agent(args).await,
         Command::Bench(BenchCommand::Store(args)) => bench_store(args).await,
         Command::Bench(BenchCommand::Api(args)) => bench_api(args).await,
         Command::Bench(BenchCommand::Scale(args)) => bench_scale(args).await,

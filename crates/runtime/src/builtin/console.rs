@@ -124,10 +124,26 @@ fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
 
 fn receive_fd_once(stream: &UnixStream) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!(RawFd);
+    let (_, received) = receive_with_fd(stream.as_raw_fd(), &mut buf)?;
+    received.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the console socket message carried no file descriptor",
+        )
+    })
+}
+
+/// One message from a Unix socket into `buf`: its length and the first
+/// file descriptor sent with it (`SCM_RIGHTS`, received close-on-exec; any
+/// further ones are closed).
+pub(super) fn receive_with_fd(
+    socket: RawFd,
+    buf: &mut [u8],
+) -> nix::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
     let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
+        socket,
         &mut iov,
         Some(space.as_mut_slice()),
         MsgFlags::MSG_CMSG_CLOEXEC,
@@ -144,12 +160,7 @@ fn receive_fd_once(stream: &UnixStream) -> io::Result<OwnedFd> {
             }
         }
     }
-    received.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the console socket message carried no file descriptor",
-        )
-    })
+    Ok((msg.bytes, received))
 }
 
 /// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to

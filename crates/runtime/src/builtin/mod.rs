@@ -30,8 +30,10 @@ mod monitor;
 mod namespaces;
 pub mod spec;
 mod state;
+mod zygote;
 
 pub use logs::{LineSplitter, Stream, format_record, format_timestamp};
+pub use zygote::Zygote;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +67,9 @@ pub struct BuiltinConfig {
     pub pull: PullConfig,
     /// Parent cgroup of containers whose sandbox names none.
     pub cgroup_root: String,
+    /// Forks the container monitors, if the process started one (see
+    /// [`Zygote`]); without it the runtime forks them from its own process.
+    pub zygote: Option<Arc<Zygote>>,
 }
 
 impl BuiltinConfig {
@@ -73,6 +78,7 @@ impl BuiltinConfig {
             root: root.into(),
             pull: PullConfig::default(),
             cgroup_root: "/skiff".into(),
+            zygote: None,
         }
     }
 }
@@ -1080,7 +1086,12 @@ impl RuntimeService for BuiltinRuntime {
         // Taken before the start: a container that exits at once must not
         // show a finish before its start.
         let starting_at = now_nanos();
-        match blocking(move || monitor::start_container(&req)).await {
+        let zygote = self.inner.config.zygote.clone();
+        let started = blocking(move || match zygote.and_then(|z| z.start_container(&req)) {
+            Some(result) => result,
+            None => monitor::start_container(&req),
+        });
+        match started.await {
             Ok(pid) => {
                 rec.phase = ContainerPhase::Running;
                 rec.pid = Some(pid);
@@ -1365,6 +1376,10 @@ impl RuntimeService for BuiltinRuntime {
 
     async fn update_runtime_config(&self, pod_cidr: &str) -> Result<()> {
         self.inner.network.update_pod_cidr(pod_cidr).await
+    }
+
+    async fn network_ready(&self) -> std::result::Result<(), String> {
+        self.inner.network.ready().await
     }
 }
 

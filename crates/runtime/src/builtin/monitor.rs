@@ -6,8 +6,10 @@
 //! `libcontainer` create/start/exec happens in a process forked from the
 //! agent, which is single-threaded from the start:
 //!
-//! - a container's **monitor** (forked twice and `setsid`, so it outlives an
-//!   agent restart) creates and starts the container with its stdout and
+//! - a container's **monitor** (forked by the monitor zygote, see
+//!   `zygote.rs`, or without one forked twice from the agent; `setsid`
+//!   either way, so it outlives an agent restart) creates and starts the
+//!   container with its stdout and
 //!   stderr on pipes (or, with a TTY, on a terminal whose master it
 //!   receives over a console socket), copies them into the CRI log file and
 //!   to attached clients, holds the container's stdin open when it has one,
@@ -60,7 +62,7 @@ pub struct ExitInfo {
 }
 
 /// What a monitor needs to start a container.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StartRequest {
     pub id: String,
     /// `libcontainer`'s state root.
@@ -157,14 +159,14 @@ fn detach_child_io(keep: &[RawFd], log: Option<&Path>) {
     }
 }
 
-fn report(fd: &mut File, line: &str) {
+pub(super) fn report(fd: &mut File, line: &str) {
     let one_line = line.replace('\n', " ");
     let _ = writeln!(fd, "{one_line}");
     let _ = fd.flush();
 }
 
 /// Reads the next report line (`None` at EOF).
-fn read_report(reader: &mut BufReader<File>) -> Option<String> {
+pub(super) fn read_report(reader: &mut BufReader<File>) -> Option<String> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
         Ok(0) | Err(_) => None,
@@ -172,7 +174,7 @@ fn read_report(reader: &mut BufReader<File>) -> Option<String> {
     }
 }
 
-fn parse_pid(line: Option<String>, what: &str) -> Result<i32> {
+pub(super) fn parse_pid(line: Option<String>, what: &str) -> Result<i32> {
     match line {
         Some(l) if l.starts_with("ok ") => l[3..]
             .trim()
@@ -237,7 +239,7 @@ struct Started {
     hub: Arc<Hub>,
 }
 
-fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
+pub(super) fn monitor_main(req: &StartRequest, report_fd: OwnedFd) -> i32 {
     detach_child_io(
         &[report_fd.as_raw_fd()],
         Some(&req.state_dir.join("monitor.log")),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skiff_runtime::cri_types as cri;
-use skiff_runtime::{BuiltinConfig, BuiltinRuntime, NoNetwork, PullConfig, RuntimeService};
+use skiff_runtime::{BuiltinConfig, BuiltinRuntime, NoNetwork, PullConfig, RuntimeService, Zygote};
 use skiff_testing::{ArchiveFormat, TEST_IMAGE, test_image_archive_as};
 
 pub struct Fixture {
@@ -31,6 +31,21 @@ pub fn is_root() -> bool {
 /// A runtime in a fresh temp dir with the test image imported.
 pub async fn fixture() -> Fixture {
     let f = fixture_with(PullConfig::default()).await;
+    let archive = test_image_archive_as(ArchiveFormat::DockerArchive).expect("test image");
+    f.rt.import_image_archive(&archive)
+        .await
+        .expect("import test image");
+    f
+}
+
+/// A runtime whose container monitors `zygote` forks, with the test image
+/// imported.
+pub async fn fixture_with_zygote(zygote: Arc<Zygote>) -> Fixture {
+    let mut f = fixture_with(PullConfig::default()).await;
+    let mut config = BuiltinConfig::new(f.dir.path().join("runtime"));
+    config.cgroup_root = f.cgroup_root.clone();
+    config.zygote = Some(zygote);
+    f.rt = BuiltinRuntime::new(config, Arc::new(NoNetwork)).expect("open runtime");
     let archive = test_image_archive_as(ArchiveFormat::DockerArchive).expect("test image");
     f.rt.import_image_archive(&archive)
         .await
@@ -134,6 +149,22 @@ impl Fixture {
             .expect("create container");
         self.rt.start_container(&id).await.expect("start container");
         id
+    }
+
+    /// The pid of a started container's init process, from its record.
+    pub fn container_pid(&self, id: &str) -> i32 {
+        let path = self
+            .dir
+            .path()
+            .join("runtime/containers")
+            .join(id)
+            .join("container.json");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("container record"))
+                .expect("container record json");
+        record["pid"]
+            .as_i64()
+            .expect("a started container has a pid") as i32
     }
 
     pub async fn wait_exited(&self, id: &str, limit: Duration) -> cri::ContainerStatus {
