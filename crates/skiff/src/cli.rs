@@ -513,7 +513,8 @@ impl DatastoreArgs {
 pub fn prepare_process(cli: &Cli) {
     let node = match &cli.command {
         Command::Server(args) => (!args.disable_agent).then_some(&args.node),
-        Command::Agent(args) => Some(&args.node),
+        // Simulated nodes run no containers.
+        Command::Agent(args) => args.simulate.is_none().then_some(&args.node),
         _ => return,
     };
     no_transparent_huge_pages();
