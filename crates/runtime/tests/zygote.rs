@@ -1,6 +1,6 @@
-//! Container monitors forked by the monitor zygote instead of by the
-//! runtime's own (multi-threaded) process, and the fallback when the zygote
-//! is gone. Needs root, like the other built-in runtime tests.
+//! Container monitors and exec helpers forked by the monitor zygote instead
+//! of by the runtime's own (multi-threaded) process, and the fallback when
+//! the zygote is gone. Needs root, like the other built-in runtime tests.
 
 mod common;
 
@@ -8,7 +8,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{fixture_with_zygote, is_root, log_lines};
-use skiff_runtime::{RuntimeService, Zygote};
+use skiff_runtime::{ExecRequest, RuntimeService, Zygote};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PPid:"))
+                    .is_some_and(|v| v.trim() == parent.to_string())
+            })
+        })
+        .collect()
+}
 
 /// The parent pid of `pid`, from /proc.
 fn parent_of(pid: i32) -> i32 {
@@ -21,7 +38,7 @@ fn parent_of(pid: i32) -> i32 {
 }
 
 #[test]
-fn monitors_are_forked_by_the_zygote_and_by_the_runtime_once_it_is_gone() {
+fn monitors_and_exec_helpers_are_forked_by_the_zygote_and_by_the_runtime_once_it_is_gone() {
     if !is_root() {
         return;
     }
@@ -55,6 +72,62 @@ fn monitors_are_forked_by_the_zygote_and_by_the_runtime_once_it_is_gone() {
             "{lines:?}"
         );
 
+        // Exec helpers come from the zygote too: while an exec with stdin
+        // runs, the zygote has one more child; its output and exit code
+        // come back through the pipes the zygote passed on.
+        let before = children_of(zygote_pid).len();
+        let mut session =
+            f.rt.exec(ExecRequest {
+                container_id: long.clone(),
+                cmd: vec!["/testbin".into(), "cat".into()],
+                tty: false,
+                stdin: true,
+            })
+            .await
+            .expect("exec");
+        assert_eq!(children_of(zygote_pid).len(), before + 1, "exec helper");
+        let mut stdin = session.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"through the zygote\n")
+            .await
+            .expect("write");
+        drop(stdin);
+        let mut out = String::new();
+        session.stdout.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "through the zygote\n");
+        assert_eq!(session.exit_code.await.expect("exit code"), 0);
+        // With a terminal (the helper connects to the caller's console
+        // socket by path).
+        let mut session =
+            f.rt.exec(ExecRequest {
+                container_id: long.clone(),
+                cmd: vec!["/testbin".into(), "tty-info".into()],
+                tty: true,
+                stdin: false,
+            })
+            .await
+            .expect("tty exec");
+        let mut out = String::new();
+        let mut buf = [0u8; 1024];
+        let needle = "stdin-tty=true stdout-tty=true ctty=true";
+        while !out.contains(needle) {
+            match tokio::time::timeout(Duration::from_secs(20), session.stdout.read(&mut buf)).await
+            {
+                Ok(Ok(n)) if n > 0 => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+                other => panic!("no {needle:?} on the terminal ({other:?}); got {out:?}"),
+            }
+        }
+        assert_eq!(session.exit_code.await.expect("exit code"), 0);
+        let out =
+            f.rt.exec_sync(
+                &long,
+                vec!["/testbin".into(), "exit".into(), "4".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("exec_sync");
+        assert_eq!(out.exit_code, 4);
+
         // Without the zygote, the runtime forks the monitor itself.
         let pid = nix::unistd::Pid::from_raw(zygote_pid);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the zygote");
@@ -62,6 +135,16 @@ fn monitors_are_forked_by_the_zygote_and_by_the_runtime_once_it_is_gone() {
         let after = f.container(&sb, "after", &["exit", "7"], |_| {}).await;
         let status = f.wait_exited(&after, Duration::from_secs(20)).await;
         assert_eq!(status.exit_code, 7);
+        // And its exec helpers.
+        let out =
+            f.rt.exec_sync(
+                &long,
+                vec!["/testbin".into(), "exit".into(), "5".into()],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("exec_sync without the zygote");
+        assert_eq!(out.exit_code, 5);
 
         // The monitor forked by the zygote outlived it.
         assert!(

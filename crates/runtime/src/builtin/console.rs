@@ -124,8 +124,8 @@ fn receive_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
 
 fn receive_fd_once(stream: &UnixStream) -> io::Result<OwnedFd> {
     let mut buf = [0u8; 4096];
-    let (_, received) = receive_with_fd(stream.as_raw_fd(), &mut buf)?;
-    received.ok_or_else(|| {
+    let (_, received) = receive_with_fds(stream.as_raw_fd(), &mut buf)?;
+    received.into_iter().next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "the console socket message carried no file descriptor",
@@ -133,35 +133,36 @@ fn receive_fd_once(stream: &UnixStream) -> io::Result<OwnedFd> {
     })
 }
 
-/// One message from a Unix socket into `buf`: its length and the first
-/// file descriptor sent with it (`SCM_RIGHTS`, received close-on-exec; any
-/// further ones are closed).
-pub(super) fn receive_with_fd(
+/// One message from a Unix socket into `buf`: its length and the file
+/// descriptors sent with it (`SCM_RIGHTS`, at most [`MAX_FDS`], received
+/// close-on-exec).
+pub(super) fn receive_with_fds(
     socket: RawFd,
     buf: &mut [u8],
-) -> nix::Result<(usize, Option<OwnedFd>)> {
+) -> nix::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let msg = recvmsg::<()>(
         socket,
         &mut iov,
         Some(space.as_mut_slice()),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let mut received = None;
+    let mut received = Vec::new();
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel just installed `fd` in our table for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                if received.is_none() {
-                    received = Some(owned);
-                }
-            }
+            // SAFETY: the kernel just installed each `fd` in our table.
+            received.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     Ok((msg.bytes, received))
 }
+
+/// The most descriptors [`receive_with_fds`] takes from one message.
+pub(super) const MAX_FDS: usize = 8;
 
 /// Sets a terminal's window size (TIOCSWINSZ); the kernel sends SIGWINCH to
 /// its foreground process group.

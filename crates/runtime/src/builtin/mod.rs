@@ -1271,8 +1271,13 @@ impl RuntimeService for BuiltinRuntime {
     ) -> Result<cri::ExecSyncResponse> {
         let c = self.container(container_id)?;
         let spec = self.exec_spec(&c, cmd)?;
+        let zygote = self.inner.config.zygote.clone();
         blocking(move || {
-            let mut child = monitor::spawn_exec(&spec, monitor::ExecIo::Pipes { stdin: false })?;
+            let mut child = monitor::spawn_exec(
+                &spec,
+                monitor::ExecIo::Pipes { stdin: false },
+                zygote.as_deref(),
+            )?;
             let pipes = child.stdout.take().zip(child.stderr.take());
             let (out, err) =
                 pipes.ok_or_else(|| Error::Runtime("exec: output pipes missing".into()))?;
@@ -1318,7 +1323,8 @@ impl RuntimeService for BuiltinRuntime {
                 stdin: request.stdin,
             }
         };
-        let mut child = blocking(move || monitor::spawn_exec(&spec, io)).await?;
+        let zygote = self.inner.config.zygote.clone();
+        let mut child = blocking(move || monitor::spawn_exec(&spec, io, zygote.as_deref())).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let session = exec_streams(&mut child, request.stdin);
         tokio::task::spawn_blocking(move || {

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use super::attach::{self, Hub};
 use super::console::{self, ConsoleSocket};
 use super::logs::{LogSink, Stream};
+use super::zygote::Zygote;
 use crate::api::{Error, Result};
 
 /// How long a container's or exec's terminal may take to be handed over.
@@ -444,7 +445,7 @@ pub fn parse_counter(text: &str, key: &str) -> Option<u64> {
 }
 
 /// What an exec helper needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecSpec {
     pub container_id: String,
     pub youki_root: PathBuf,
@@ -475,7 +476,10 @@ pub enum ExecIo {
 /// A running exec helper: the pipes of the command and the report channel.
 #[derive(Debug)]
 pub struct ExecChild {
-    pub helper: Pid,
+    /// The helper, when this process forked it and must reap it (`None`
+    /// when the monitor zygote forked it: the zygote's children are reaped
+    /// by the kernel).
+    pub helper: Option<Pid>,
     /// The exec'd process (in the container's PID namespace as seen from the host).
     pub pid: i32,
     pub stdin: Option<OwnedFd>,
@@ -491,7 +495,9 @@ impl ExecChild {
     /// Waits (blocking) for the command's exit code, then reaps the helper.
     pub fn wait(mut self) -> Result<i32> {
         let line = read_report(&mut self.reports);
-        reap(self.helper);
+        if let Some(helper) = self.helper {
+            reap(helper);
+        }
         match line {
             Some(l) if l.starts_with("exit ") => l[5..]
                 .trim()
@@ -511,7 +517,7 @@ impl ExecChild {
 }
 
 /// The helper's end of an exec's stdio.
-enum HelperIo {
+pub(super) enum HelperIo {
     Pipes {
         stdin: Option<OwnedFd>,
         stdout: OwnedFd,
@@ -565,8 +571,10 @@ fn tty_process_file(spec: &ExecSpec, token: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts a command in a running container (blocking until it runs).
-pub fn spawn_exec(spec: &ExecSpec, io: ExecIo) -> Result<ExecChild> {
+/// Starts a command in a running container (blocking until it runs). The
+/// helper is forked by `zygote` if there is one (and it is still there),
+/// else by this process.
+pub fn spawn_exec(spec: &ExecSpec, io: ExecIo, zygote: Option<&Zygote>) -> Result<ExecChild> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the report pipe"))?;
     // The caller's ends (first) and the helper's (second).
     let mut tty = None;
@@ -614,6 +622,10 @@ pub fn spawn_exec(spec: &ExecSpec, io: ExecIo) -> Result<ExecChild> {
             ((None, None, None), helper)
         }
     };
+    if zygote.is_some_and(|z| z.spawn_exec_helper(spec, &w, &theirs)) {
+        drop((w, theirs));
+        return finish_spawn(spec, None, r, mine, tty);
+    }
     // SAFETY: the child only runs `exec_helper_main`, which never returns.
     match unsafe { fork() }.map_err(nix_io("forking the exec helper"))? {
         ForkResult::Child => {
@@ -631,45 +643,60 @@ pub fn spawn_exec(spec: &ExecSpec, io: ExecIo) -> Result<ExecChild> {
         }
         ForkResult::Parent { child } => {
             drop((w, theirs));
-            let mut reports = BufReader::new(File::from(r));
-            let what = format!("exec in {}", spec.container_id);
-            let pid = match parse_pid(read_report(&mut reports), &what) {
-                Ok(pid) => pid,
-                Err(e) => {
-                    reap(child);
-                    return Err(e);
-                }
-            };
-            let console = match &tty {
-                Some(setup) => match setup.socket.receive_master(CONSOLE_TIMEOUT) {
-                    Ok(master) => Some(master),
-                    Err(e) => {
-                        let _ = nix::sys::signal::kill(
-                            Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                        reap(child);
-                        return Err(Error::Io {
-                            context: format!("{what}: receiving its terminal"),
-                            source: e,
-                        });
-                    }
-                },
-                None => None,
-            };
-            drop(tty);
-            let (stdin, stdout, stderr) = mine;
-            Ok(ExecChild {
-                helper: child,
-                pid,
-                stdin,
-                stdout,
-                stderr,
-                console,
-                reports,
-            })
+            finish_spawn(spec, Some(child), r, mine, tty)
         }
     }
+}
+
+/// The caller's side once the helper is forked: its report (the exec'd
+/// pid), and with a TTY the terminal's master.
+fn finish_spawn(
+    spec: &ExecSpec,
+    helper: Option<Pid>,
+    report_r: OwnedFd,
+    mine: (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>),
+    tty: Option<TtySetup>,
+) -> Result<ExecChild> {
+    let reap_helper = || {
+        if let Some(child) = helper {
+            reap(child);
+        }
+    };
+    let mut reports = BufReader::new(File::from(report_r));
+    let what = format!("exec in {}", spec.container_id);
+    let pid = match parse_pid(read_report(&mut reports), &what) {
+        Ok(pid) => pid,
+        Err(e) => {
+            reap_helper();
+            return Err(e);
+        }
+    };
+    let console = match &tty {
+        Some(setup) => match setup.socket.receive_master(CONSOLE_TIMEOUT) {
+            Ok(master) => Some(master),
+            Err(e) => {
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                reap_helper();
+                return Err(Error::Io {
+                    context: format!("{what}: receiving its terminal"),
+                    source: e,
+                });
+            }
+        },
+        None => None,
+    };
+    drop(tty);
+    let (stdin, stdout, stderr) = mine;
+    Ok(ExecChild {
+        helper,
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        console,
+        reports,
+    })
 }
 
 /// A random number for file names (no need for a crypto source).
@@ -679,7 +706,7 @@ fn rand_token() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-fn exec_helper_main(spec: &ExecSpec, report_fd: OwnedFd, io: HelperIo) -> i32 {
+pub(super) fn exec_helper_main(spec: &ExecSpec, report_fd: OwnedFd, io: HelperIo) -> i32 {
     let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
     let mut keep: Vec<RawFd> = vec![report_fd.as_raw_fd()];
     if let HelperIo::Pipes {

@@ -11,14 +11,17 @@
 //! holds no lock that another thread held, which also makes it the safest
 //! place to fork from.
 //!
-//! Protocol, over a `SOCK_SEQPACKET` socket pair: one message per container
-//! start, the JSON of a [`StartRequest`] with the write end of a report pipe
-//! attached (`SCM_RIGHTS`). The zygote forks a child that becomes the
-//! container's monitor (`setsid`, then [`super::monitor::monitor_main`]),
-//! which writes `ok <pid>` or `err <message>` on that pipe, exactly as a
-//! monitor forked from the agent does. The zygote ignores `SIGCHLD`, so
-//! the kernel reaps its children, and it exits when the agent's end of the
-//! socket closes. Monitors outlive it: they are in a session of their own.
+//! Protocol, over a `SOCK_SEQPACKET` socket pair: one message per request,
+//! the JSON of a [`Request`] with the write end of a report pipe attached
+//! (`SCM_RIGHTS`), followed for an exec on pipes by the helper's ends of
+//! the command's stdout, stderr and (if any) stdin. For a container start
+//! the zygote forks a child that becomes the container's monitor (`setsid`,
+//! then [`super::monitor::monitor_main`]); for an exec, one that becomes
+//! the exec helper ([`super::monitor::exec_helper_main`]). Each writes its
+//! reports on the pipe exactly as one forked from the agent does. The
+//! zygote ignores `SIGCHLD`, so the kernel reaps its children, and it exits
+//! when the agent's end of the socket closes. Monitors outlive it: they are
+//! in a session of their own.
 
 use std::fs::File;
 use std::io::{BufReader, IoSlice};
@@ -31,9 +34,31 @@ use nix::sys::socket::{
 };
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
 use super::console;
-use super::monitor::{self, StartRequest};
+use super::monitor::{self, ExecSpec, HelperIo, StartRequest};
 use crate::api::{Error, Result};
+
+/// What the zygote is asked to fork.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// A container's monitor.
+    Start(StartRequest),
+    /// An exec helper.
+    Exec { spec: ExecSpec, io: ExecWire },
+}
+
+/// An exec helper's stdio, as sent: the pipes travel as descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+enum ExecWire {
+    /// stdout and stderr (and stdin, if `stdin`) follow the report pipe.
+    Pipes { stdin: bool },
+    /// A TTY exec: the caller's console socket and the process file.
+    Console { socket: PathBuf, process: PathBuf },
+}
 
 /// The largest request the zygote reads (a `StartRequest` is a few paths).
 const MAX_REQUEST: usize = 64 * 1024;
@@ -89,14 +114,6 @@ impl Zygote {
     /// started, and the caller may fork the monitor itself.
     pub(crate) fn start_container(&self, req: &StartRequest) -> Option<Result<i32>> {
         let what = format!("starting container {}", req.id);
-        let body = match serde_json::to_vec(req) {
-            Ok(b) => b,
-            Err(e) => {
-                return Some(Err(Error::Runtime(format!(
-                    "{what}: encoding the request: {e}"
-                ))));
-            }
-        };
         let (r, w) = match pipe2(OFlag::O_CLOEXEC) {
             Ok(p) => p,
             Err(e) => {
@@ -106,12 +123,66 @@ impl Zygote {
                 }));
             }
         };
-        let fds = [w.as_raw_fd()];
+        if !self.send(&Request::Start(req.clone()), &[w.as_raw_fd()]) {
+            return None;
+        }
+        // The zygote holds its own copy now.
+        drop(w);
+        let mut reader = BufReader::new(File::from(r));
+        Some(monitor::parse_pid(monitor::read_report(&mut reader), &what))
+    }
+
+    /// Has the zygote fork an exec helper with `report` as its report pipe
+    /// and `io` as its stdio; false when the request could not be sent
+    /// (nothing was started). The caller keeps its descriptors either way.
+    pub(super) fn spawn_exec_helper(
+        &self,
+        spec: &ExecSpec,
+        report: &OwnedFd,
+        io: &HelperIo,
+    ) -> bool {
+        let mut fds = vec![report.as_raw_fd()];
+        let wire = match io {
+            HelperIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                fds.extend([stdout.as_raw_fd(), stderr.as_raw_fd()]);
+                fds.extend(stdin.as_ref().map(|f| f.as_raw_fd()));
+                ExecWire::Pipes {
+                    stdin: stdin.is_some(),
+                }
+            }
+            HelperIo::Console { socket, process } => ExecWire::Console {
+                socket: socket.clone(),
+                process: process.clone(),
+            },
+        };
+        self.send(
+            &Request::Exec {
+                spec: spec.clone(),
+                io: wire,
+            },
+            &fds,
+        )
+    }
+
+    /// Sends one request with its descriptors; false (and a warning) when
+    /// it could not be sent.
+    fn send(&self, request: &Request, fds: &[std::os::fd::RawFd]) -> bool {
+        let body = match serde_json::to_vec(request) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "encoding a request to the monitor zygote");
+                return false;
+            }
+        };
         let sent = loop {
             match sendmsg::<()>(
                 self.socket.as_raw_fd(),
                 &[IoSlice::new(&body)],
-                &[ControlMessage::ScmRights(&fds)],
+                &[ControlMessage::ScmRights(fds)],
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             ) {
@@ -119,35 +190,35 @@ impl Zygote {
                 other => break other,
             }
         };
-        // The zygote holds its own copy now (or never will).
-        drop(w);
-        if let Err(e) = sent {
-            tracing::warn!(zygote = self.pid.as_raw(), error = %e, "the monitor zygote is not reachable");
-            return None;
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(zygote = self.pid.as_raw(), error = %e, "the monitor zygote is not reachable");
+                false
+            }
         }
-        let mut reader = BufReader::new(File::from(r));
-        Some(monitor::parse_pid(monitor::read_report(&mut reader), &what))
     }
 }
 
-/// The zygote's loop: one monitor per request, until the agent is gone.
+/// The zygote's loop: one child per request, until the agent is gone.
 fn serve(socket: OwnedFd) -> i32 {
     let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-    // The kernel reaps the monitors; none of them is waited for here.
+    // The kernel reaps the children; none of them is waited for here.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
-        let (len, report_fd) = match receive(&socket, &mut buf) {
+        let (len, fds) = match receive(&socket, &mut buf) {
             Ok(Some(v)) => v,
             // The agent closed its end: it has exited.
             Ok(None) => return 0,
             Err(nix::Error::EINTR) => continue,
             Err(_) => return 1,
         };
-        let Some(report_fd) = report_fd else {
+        let mut fds = fds.into_iter();
+        let Some(report_fd) = fds.next() else {
             continue;
         };
-        let req: StartRequest = match serde_json::from_slice(&buf[..len]) {
+        let request: Request = match serde_json::from_slice(&buf[..len]) {
             Ok(r) => r,
             Err(e) => {
                 monitor::report(
@@ -162,16 +233,15 @@ fn serve(socket: OwnedFd) -> i32 {
             Ok(ForkResult::Child) => {
                 drop(socket);
                 // Inherited SIG_IGN would make the kernel reap the
-                // container's processes before the monitor can wait.
+                // children of the monitor or helper before it can wait.
                 unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
                 let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    let _ = nix::unistd::setsid();
-                    monitor::monitor_main(&req, report_fd)
+                    run_child(request, report_fd, fds)
                 }))
                 .unwrap_or(1);
                 unsafe { libc::_exit(code) }
             }
-            Ok(ForkResult::Parent { .. }) => drop(report_fd),
+            Ok(ForkResult::Parent { .. }) => drop((report_fd, fds)),
             Err(e) => monitor::report(
                 &mut File::from(report_fd),
                 &format!("err forking the monitor: {e}"),
@@ -180,12 +250,43 @@ fn serve(socket: OwnedFd) -> i32 {
     }
 }
 
-/// One request: its length and the report pipe sent with it; `None` at
+/// In the zygote's child: becomes what `request` asks for.
+fn run_child(request: Request, report_fd: OwnedFd, mut fds: impl Iterator<Item = OwnedFd>) -> i32 {
+    match request {
+        Request::Start(req) => {
+            let _ = nix::unistd::setsid();
+            monitor::monitor_main(&req, report_fd)
+        }
+        Request::Exec { spec, io } => {
+            let io = match io {
+                ExecWire::Pipes { stdin } => {
+                    let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+                        monitor::report(
+                            &mut File::from(report_fd),
+                            "err the exec request came without its pipes",
+                        );
+                        return 1;
+                    };
+                    let stdin = if stdin { fds.next() } else { None };
+                    HelperIo::Pipes {
+                        stdin,
+                        stdout,
+                        stderr,
+                    }
+                }
+                ExecWire::Console { socket, process } => HelperIo::Console { socket, process },
+            };
+            monitor::exec_helper_main(&spec, report_fd, io)
+        }
+    }
+}
+
+/// One request: its length and the descriptors sent with it; `None` at
 /// end of stream.
-fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<OwnedFd>)>> {
-    let (len, report) = console::receive_with_fd(socket.as_raw_fd(), buf)?;
-    if len == 0 && report.is_none() {
+fn receive(socket: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let (len, fds) = console::receive_with_fds(socket.as_raw_fd(), buf)?;
+    if len == 0 && fds.is_empty() {
         return Ok(None);
     }
-    Ok(Some((len, report)))
+    Ok(Some((len, fds)))
 }
