@@ -15,6 +15,13 @@
 //! the other nodes' proxies drop that traffic. No serving node, no
 //! ingress. A service that stops being a LoadBalancer has its ingress
 //! cleared.
+//!
+//! The addresses are the nodes' own, shared by every load balancer, so a
+//! port (with its protocol) can serve one service only: as with k3s's
+//! svclb pods, whose host ports collide, a service that already has its
+//! ingress keeps the port (else the oldest), and another one stays without
+//! ingress (with a `PortInUse` warning) until the port is free. Two services given the same address
+//! and port would also make every node's proxy fail its rule transaction.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,7 +34,7 @@ use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, ObjectReference, Ser
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -188,6 +195,74 @@ pub fn desired_ingress<N: Borrow<Node>>(
     out
 }
 
+/// The `(protocol, port)` pairs a service's load balancer listens on.
+fn lb_ports(service: &Service) -> BTreeSet<(String, i32)> {
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port))
+        .collect()
+}
+
+/// Which of two services has the better claim on a port: one that shows
+/// an ingress already (so a newcomer never takes a working balancer's
+/// port), then creation time (whole seconds), then namespace and name (a
+/// total order, so every reconcile agrees).
+fn age_key(service: &Service) -> (bool, Option<jiff::Timestamp>, String, String) {
+    (
+        current_ingress(service).is_empty(),
+        service.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        service.namespace().unwrap_or_default(),
+        service.name_any(),
+    )
+}
+
+/// The pure port rule. Managed services are served in [`age_key`] order; each
+/// takes its ports unless one is already taken, in which case it takes
+/// none. Returns who holds a port `service` wants, as
+/// `(namespace/name, PORT/PROTOCOL)`, or `None` when `service` gets its
+/// ports (or is not managed). `others` may include `service` itself.
+pub fn port_holder<'a, S: Borrow<Service> + 'a>(
+    service: &Service,
+    others: impl IntoIterator<Item = &'a S>,
+) -> Option<(String, String)> {
+    if !is_managed(service) {
+        return None;
+    }
+    let me = age_key(service);
+    let mut managed: Vec<&Service> = others
+        .into_iter()
+        .map(Borrow::borrow)
+        .filter(|o| is_managed(o) && age_key(o) < me)
+        .collect();
+    managed.sort_by_key(|o| age_key(o));
+    let mut taken: BTreeMap<(String, i32), &Service> = BTreeMap::new();
+    for older in managed {
+        let ports = lb_ports(older);
+        if ports.iter().any(|p| taken.contains_key(p)) {
+            continue;
+        }
+        for p in ports {
+            taken.insert(p, older);
+        }
+    }
+    lb_ports(service).into_iter().find_map(|p| {
+        taken.get(&p).map(|holder| {
+            (
+                format!(
+                    "{}/{}",
+                    holder.namespace().unwrap_or_default(),
+                    holder.name_any()
+                ),
+                format!("{}/{}", p.1, p.0),
+            )
+        })
+    })
+}
+
 /// What a service shows now.
 fn current_ingress(service: &Service) -> Vec<LoadBalancerIngress> {
     service
@@ -222,13 +297,23 @@ struct Context {
     client: kube::Client,
     config: ControllerConfig,
     nodes: Informer<Node>,
+    /// Every service (the controller's own cache), for the port rule.
+    services: Store<Service>,
+    /// Services told that their port is taken (uid → holder), so the
+    /// warning is recorded once per holder, not on every retry.
+    warned: Mutex<BTreeMap<String, String>>,
 }
+
+/// How often a service whose port is taken looks again (its holder may
+/// have gone or changed its ports).
+const PORT_RETRY: Duration = Duration::from_secs(5);
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     if is_foreign(&svc) {
         return Ok(Action::await_change());
     }
-    let endpoint_nodes = if is_managed(&svc) && is_local(&svc) {
+    let holder = port_holder(&svc, ctx.services.state().iter());
+    let endpoint_nodes = if holder.is_none() && is_managed(&svc) && is_local(&svc) {
         let ns = svc.namespace().unwrap_or_default();
         let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
             .list(
@@ -239,7 +324,44 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     } else {
         None
     };
-    let desired = desired_ingress(&svc, &ctx.nodes.list(), endpoint_nodes.as_ref());
+    let desired = match &holder {
+        Some(_) => Vec::new(),
+        None => desired_ingress(&svc, &ctx.nodes.list(), endpoint_nodes.as_ref()),
+    };
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
+    let newly_blocked = {
+        let mut warned = ctx.warned.lock().unwrap_or_else(|p| p.into_inner());
+        match &holder {
+            Some((by, _)) => {
+                let newly = warned.insert(uid, by.clone()).as_ref() != Some(by);
+                if newly {
+                    // Forget services deleted while they waited.
+                    let live: BTreeSet<String> = ctx
+                        .services
+                        .state()
+                        .iter()
+                        .filter_map(|s| s.metadata.uid.clone())
+                        .collect();
+                    warned.retain(|u, _| live.contains(u));
+                }
+                newly
+            }
+            None => {
+                warned.remove(&uid);
+                false
+            }
+        }
+    };
+    if newly_blocked && let Some((by, port)) = &holder {
+        tracing::info!(service = %svc.name_any(), namespace = %svc.namespace().unwrap_or_default(), holder = %by, %port, "load balancer port in use");
+        let note = Note::warning(
+            "PortInUse",
+            format!(
+                "port {port} is already used by load balancer service {by}; no ingress until it is free"
+            ),
+        );
+        events::record(&ctx.client, &service_ref(&svc), COMPONENT, &note).await;
+    }
     let current = current_ingress(&svc);
     if desired != current {
         let ns = svc.namespace().unwrap_or_default();
@@ -269,7 +391,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
                     ingress_ips(&desired)
                 ),
             ))
-        } else if is_managed(&svc) {
+        } else if is_managed(&svc) && holder.is_none() {
             Some(Note::warning(
                 "UnAvailableLoadBalancer",
                 "There are no available nodes for LoadBalancer",
@@ -280,6 +402,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         if let Some(note) = note {
             events::record(&ctx.client, &service_ref(&svc), COMPONENT, &note).await;
         }
+    }
+    if holder.is_some() {
+        return Ok(Action::requeue(PORT_RETRY));
     }
     Ok(Action::requeue(ctx.config.resync))
 }
@@ -310,16 +435,18 @@ fn contribution_changed(
 
 /// Runs the service load balancer controller until its watches end.
 pub async fn run(client: kube::Client, config: ControllerConfig, informers: Informers) {
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        config,
-        nodes: informers.nodes.clone(),
-    });
     let controller = Controller::new(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     );
     let services = controller.store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        nodes: informers.nodes.clone(),
+        services: services.clone(),
+        warned: Mutex::new(BTreeMap::new()),
+    });
     let local_services = services.clone();
     let nodes = informers.nodes.clone();
     // Subscribed before the snapshot below, so no change falls between.
@@ -331,7 +458,29 @@ pub async fn run(client: kube::Client, config: ControllerConfig, informers: Info
             .map(|n| (n.name_any(), node_addresses(n)))
             .collect(),
     );
+    let port_sharers = services.clone();
     controller
+        // A service changed (its ports, its ingress) or went: the managed
+        // services sharing one of its ports look again, so a port has one
+        // holder and a freed one is taken at once.
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |changed| {
+                let ports = lb_ports(&changed);
+                port_sharers
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        is_managed(s)
+                            && !(s.namespace() == changed.namespace()
+                                && s.name_any() == changed.name_any())
+                            && lb_ports(s).iter().any(|p| ports.contains(p))
+                    })
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
         // A node came, went, or changed readiness or addresses: every
         // managed service looks again. The event carries the node after
         // the change (or the last one seen for a deletion), so the cache
@@ -682,5 +831,94 @@ mod tests {
         let nodes = [node("a", "True", &[("InternalIP", "10.0.0.1")])];
         assert!(desired_ingress(&svc, &nodes, None).is_empty());
         assert_ne!(current_ingress(&svc), desired_ingress(&svc, &nodes, None));
+    }
+
+    fn lb_service(name: &str, created: i64, ports: &[(i32, &str)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(created).expect("timestamp"),
+                )),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(port, proto)| k8s_openapi::api::core::v1::ServicePort {
+                            port: *port,
+                            protocol: Some(proto.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_port_serves_the_oldest_load_balancer_that_can_take_all_its_ports() {
+        let a = lb_service("a", 100, &[(80, "TCP")]);
+        let b = lb_service("b", 200, &[(80, "TCP"), (443, "TCP")]);
+        let c = lb_service("c", 300, &[(443, "TCP")]);
+        let udp = lb_service("udp", 400, &[(80, "UDP")]);
+        let all = [a.clone(), b.clone(), c.clone(), udp.clone()];
+        // The list may hold the service itself; it never blocks itself.
+        assert_eq!(port_holder(&a, all.iter()), None);
+        assert_eq!(
+            port_holder(&b, all.iter()),
+            Some(("default/a".to_string(), "80/TCP".to_string()))
+        );
+        // b holds nothing while blocked, so 443 is free for c.
+        assert_eq!(port_holder(&c, all.iter()), None);
+        // Same number, other protocol.
+        assert_eq!(port_holder(&udp, all.iter()), None);
+        // Once a is gone, b takes both ports and c waits for b.
+        let rest = [b.clone(), c.clone()];
+        assert_eq!(port_holder(&b, rest.iter()), None);
+        assert_eq!(
+            port_holder(&c, rest.iter()),
+            Some(("default/b".to_string(), "443/TCP".to_string()))
+        );
+        // One that already shows an ingress keeps its port, even against
+        // an older one (which then waits).
+        let mut serving = lb_service("z-serving", 500, &[(80, "TCP")]);
+        serving.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("10.0.0.1".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        let contest = [a.clone(), serving.clone()];
+        assert_eq!(port_holder(&serving, contest.iter()), None);
+        assert_eq!(
+            port_holder(&a, contest.iter()),
+            Some(("default/z-serving".to_string(), "80/TCP".to_string()))
+        );
+        // Created in the same second: the name decides.
+        let twin = lb_service("a-twin", 100, &[(80, "TCP")]);
+        let pair = [a.clone(), twin.clone()];
+        assert_eq!(port_holder(&a, pair.iter()), None);
+        assert!(port_holder(&twin, pair.iter()).is_some());
+        // Services this controller does not manage hold no port.
+        let mut cluster_ip = lb_service("old-cluster-ip", 1, &[(443, "TCP")]);
+        if let Some(spec) = cluster_ip.spec.as_mut() {
+            spec.type_ = Some("ClusterIP".into());
+        }
+        let mut classed = lb_service("old-classed", 2, &[(443, "TCP")]);
+        if let Some(spec) = classed.spec.as_mut() {
+            spec.load_balancer_class = Some("example.com/lb".into());
+        }
+        let others = [cluster_ip, classed.clone(), c.clone()];
+        assert_eq!(port_holder(&c, others.iter()), None);
+        assert_eq!(port_holder(&classed, others.iter()), None);
     }
 }

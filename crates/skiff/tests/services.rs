@@ -388,6 +388,17 @@ spec:
   ports: [{port: 8080, targetPort: 9376}]
 "#;
 
+const LOAD_BALANCED_TWIN: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-twin
+spec:
+  type: LoadBalancer
+  selector: {app: lb-web}
+  ports: [{port: 8080, targetPort: 9376}]
+"#;
+
 #[test]
 fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip() -> Result<()> {
     let cluster = Cluster::start()?;
@@ -444,6 +455,42 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // A second load balancer on the same port: the node address can carry
+    // the port for one service only, so the older one keeps it and the new
+    // one waits without ingress, with a warning (and the proxies do not
+    // get two services for one address and port).
+    let twin = cluster.write("lb-twin.yaml", LOAD_BALANCED_TWIN)?;
+    cluster.ok(&["apply", "-f", path_str(&twin)?])?;
+    cluster.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=lb-twin,reason=PortInUse",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+        "port 8080/TCP is already used by load balancer service default/lb-web; no ingress until it is free",
+        Duration::from_secs(30),
+    )?;
+    let twin_ingress = cluster.ok(&[
+        "get",
+        "service",
+        "lb-twin",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ])?;
+    ensure!(
+        twin_ingress.trim().is_empty(),
+        "lb-twin got {twin_ingress:?}"
+    );
+    let (ok, body, err) = cluster.netns.http_get(url)?;
+    ensure!(
+        ok && names.contains(&body),
+        "{url} stopped answering with a second service on its port: {body}{err}"
+    );
+    cluster.ok(&["delete", "service", "lb-twin"])?;
 
     // externalTrafficPolicy Local: only nodes with a ready endpoint are
     // listed, so the address goes when the Deployment scales to zero and
