@@ -20,8 +20,9 @@
 //! port (with its protocol) can serve one service only: as with k3s's
 //! svclb pods, whose host ports collide, a service that already has its
 //! ingress keeps the port (else the oldest), and another one stays without
-//! ingress (with a `PortInUse` warning) until the port is free. Two services given the same address
-//! and port would also make every node's proxy fail its rule transaction.
+//! ingress (with a `PortInUse` warning) until the port is free. Two
+//! services given the same address and port would also make every node's
+//! proxy fail its rule transaction.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -212,8 +213,14 @@ fn lb_ports(service: &Service) -> BTreeSet<(String, i32)> {
 /// port), then creation time (whole seconds), then namespace and name (a
 /// total order, so every reconcile agrees).
 fn age_key(service: &Service) -> (bool, Option<jiff::Timestamp>, String, String) {
+    let has_ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .is_some_and(|i| !i.is_empty());
     (
-        current_ingress(service).is_empty(),
+        !has_ingress,
         service.metadata.creation_timestamp.as_ref().map(|t| t.0),
         service.namespace().unwrap_or_default(),
         service.name_any(),
@@ -233,14 +240,16 @@ pub fn port_holder<'a, S: Borrow<Service> + 'a>(
         return None;
     }
     let me = age_key(service);
-    let mut managed: Vec<&Service> = others
+    let mut managed: Vec<_> = others
         .into_iter()
         .map(Borrow::borrow)
-        .filter(|o| is_managed(o) && age_key(o) < me)
+        .filter(|o| is_managed(o))
+        .map(|o| (age_key(o), o))
+        .filter(|(key, _)| *key < me)
         .collect();
-    managed.sort_by_key(|o| age_key(o));
+    managed.sort_by(|a, b| a.0.cmp(&b.0));
     let mut taken: BTreeMap<(String, i32), &Service> = BTreeMap::new();
-    for older in managed {
+    for (_, older) in managed {
         let ports = lb_ports(older);
         if ports.iter().any(|p| taken.contains_key(p)) {
             continue;

@@ -9,51 +9,22 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::mountinfo::{self, Mount};
+
 /// The mount points of the cgroup hierarchies (every v1 hierarchy, or the
-/// v2 root), read from `/proc/self/mountinfo` once per process: they do
-/// not move while the agent runs.
+/// v2 root), read once per process: they do not move while the agent runs.
 fn hierarchies() -> &'static [PathBuf] {
     static MOUNTS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    MOUNTS.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|text| cgroup_mounts(&text))
-            .unwrap_or_default()
-    })
+    MOUNTS.get_or_init(|| cgroup_mounts(&mountinfo::read()))
 }
 
-/// The cgroup and cgroup2 mount points listed in a mountinfo text.
-fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fs_type = right.split(' ').next()?;
-            if fs_type != "cgroup" && fs_type != "cgroup2" {
-                return None;
-            }
-            left.split(' ').nth(4).map(|p| PathBuf::from(unescape(p)))
-        })
+/// The cgroup and cgroup2 mount points among `mounts`.
+fn cgroup_mounts(mounts: &[Mount]) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .map(|m| m.point.clone())
         .collect()
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(Ok(v)) = field.get(i + 1..i + 4).map(|s| u8::from_str_radix(s, 8))
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes the pod cgroup `parent` (e.g. `/kubepods/besteffort/pod<uid>`)
@@ -97,7 +68,7 @@ mod tests {
 33 22 0:29 / /mnt/with\\040space rw - cgroup cgroup rw,pids
 ";
         assert_eq!(
-            cgroup_mounts(text),
+            cgroup_mounts(&mountinfo::parse(text)),
             vec![
                 PathBuf::from("/sys/fs/cgroup/cpu"),
                 PathBuf::from("/sys/fs/cgroup/unified"),

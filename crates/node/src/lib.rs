@@ -25,6 +25,7 @@ pub mod imagegc;
 pub mod logrotate;
 pub mod logs;
 pub mod machine;
+pub mod mountinfo;
 pub mod node;
 pub mod podnet;
 pub mod pods;

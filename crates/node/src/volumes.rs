@@ -552,11 +552,9 @@ fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
 
 /// The mount points at or under `dir`, deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+    let mut out: Vec<PathBuf> = crate::mountinfo::read()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));

@@ -1087,11 +1087,7 @@ impl RuntimeService for BuiltinRuntime {
         // show a finish before its start.
         let starting_at = now_nanos();
         let zygote = self.inner.config.zygote.clone();
-        let started = blocking(move || match zygote.and_then(|z| z.start_container(&req)) {
-            Some(result) => result,
-            None => monitor::start_container(&req),
-        });
-        match started.await {
+        match blocking(move || monitor::start_container(&req, zygote.as_deref())).await {
             Ok(pid) => {
                 rec.phase = ContainerPhase::Running;
                 rec.pid = Some(pid);

@@ -190,8 +190,12 @@ pub(super) fn parse_pid(line: Option<String>, what: &str) -> Result<i32> {
 }
 
 /// Starts a container under a new monitor process (blocking); returns the
-/// pid of the container's init process.
-pub fn start_container(req: &StartRequest) -> Result<i32> {
+/// pid of the container's init process. The monitor is forked by `zygote`
+/// if there is one (and it is still there), else by this process.
+pub fn start_container(req: &StartRequest, zygote: Option<&Zygote>) -> Result<i32> {
+    if let Some(result) = zygote.and_then(|z| z.start_container(req)) {
+        return result;
+    }
     let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(nix_io("creating the report pipe"))?;
     // SAFETY: the child only runs `first_child`, which never returns.
     match unsafe { fork() }.map_err(nix_io("forking the container monitor"))? {
