@@ -139,6 +139,8 @@ fn synthetic_service(i: usize) -> (ServiceName, ServiceInfo) {
             external_local: false,
             internal_local: false,
             load_balancer_ips: Vec::new(),
+            external_ips: Vec::new(),
+            created: None,
         },
     )
 }

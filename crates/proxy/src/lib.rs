@@ -23,6 +23,7 @@
 //! hairpin mode on bridge ports, and a route for the service CIDR.
 
 pub mod bench;
+pub mod claims;
 pub mod metrics;
 pub mod model;
 pub mod nft;

@@ -94,6 +94,14 @@ pub struct ServiceInfo {
     /// `ipMode` is `VIP` or unset), sorted, without duplicates. Traffic to
     /// them on a service port is external traffic, as to a node port.
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// The IPv4 addresses of `spec.externalIPs`, sorted, without
+    /// duplicates: traffic to them on a service port is external traffic,
+    /// as to a load-balancer address (kube-proxy captures them in every
+    /// service type but ExternalName).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `metadata.creationTimestamp` in seconds since the epoch: when two
+    /// services claim one address and port, the older one gets it.
+    pub created: Option<i64>,
 }
 
 impl ServiceInfo {
@@ -145,9 +153,19 @@ impl ServiceInfo {
         };
         load_balancer_ips.sort();
         load_balancer_ips.dedup();
+        let mut external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        external_ips.sort();
+        external_ips.dedup();
         if cluster_ip.is_none()
             && ports.iter().all(|p| p.node_port.is_none())
             && load_balancer_ips.is_empty()
+            && external_ips.is_empty()
         {
             return None;
         }
@@ -167,6 +185,12 @@ impl ServiceInfo {
             external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             load_balancer_ips,
+            external_ips,
+            created: service
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
         })
     }
 }
@@ -336,6 +360,39 @@ mod tests {
         .expect("service");
         let info = ServiceInfo::from_service(&bare).expect("served");
         assert_eq!(info.load_balancer_ips, vec![Ipv4Addr::new(10, 99, 0, 1)]);
+    }
+
+    #[test]
+    fn external_ips_are_kept_for_every_type_but_external_name() {
+        for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+            let svc = service(json!({"type": type_, "clusterIP": "10.43.0.5",
+                "externalIPs": ["10.99.0.9", "fd00::9", "10.99.0.8", "10.99.0.9", "junk"],
+                "ports": [{"port": 80, "nodePort": 30080}]}));
+            let info = ServiceInfo::from_service(&svc).expect(type_);
+            let got: Vec<String> = info.external_ips.iter().map(ToString::to_string).collect();
+            assert_eq!(got, vec!["10.99.0.8", "10.99.0.9"], "{type_}");
+        }
+        let name_only = service(
+            json!({"type": "ExternalName", "externalName": "example.com",
+            "externalIPs": ["10.99.0.9"], "ports": [{"port": 80}]}),
+        );
+        assert_eq!(ServiceInfo::from_service(&name_only), None);
+        // Without a cluster IP it is still served on its external IPs.
+        let bare = service(json!({"clusterIP": "None", "externalIPs": ["10.99.0.9"],
+            "ports": [{"port": 80}]}));
+        assert!(ServiceInfo::from_service(&bare).is_some());
+    }
+
+    #[test]
+    fn the_creation_time_is_kept_in_seconds() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default",
+                "creationTimestamp": "2026-12-07T10:00:00Z"},
+            "spec": {"clusterIP": "10.43.0.5", "ports": [{"port": 80}]},
+        }))
+        .expect("service");
+        let info = ServiceInfo::from_service(&svc).expect("served");
+        assert_eq!(info.created, Some(1_796_637_600));
     }
 
     #[test]

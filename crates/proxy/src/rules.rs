@@ -17,8 +17,11 @@
 //!   `local-…` is the same over this node's endpoints only (Local traffic
 //!   policies); `external-…` is where node-port traffic enters (marks it for
 //!   masquerade, then goes to `service-…` or `local-…`). A LoadBalancer
-//!   service's ingress addresses are keys of `service-ips` too (with the
-//!   service's port) and lead to `external-…`, as in kube-proxy.
+//!   service's ingress addresses and any service's `externalIPs` are keys
+//!   of `service-ips` too (with the service's port) and lead to
+//!   `external-…`, as in kube-proxy. With `externalTrafficPolicy: Local`,
+//!   external traffic from pods or from the node itself may use any
+//!   endpoint; other clients are dropped when this node has none.
 //! - The rule that picks an endpoint DNATs to it in place: there is no chain
 //!   per endpoint (kube-proxy has one), because `nft` 1.0.6 lists every
 //!   chain of the table before each transaction that adds a rule or an
@@ -35,8 +38,10 @@
 //! - `nat-postrouting` masquerades marked packets (mark `0x4000`).
 //! - Filter chains before DNAT reject new connections to services with no
 //!   ready endpoints (`no-endpoint-services`, `no-endpoint-nodeports`), so
-//!   clients are refused at once instead of timing out; Local policies with
-//!   no local endpoint drop instead, as in Kubernetes. After DNAT, traffic
+//!   clients are refused at once instead of timing out;
+//!   `internalTrafficPolicy: Local` with no local endpoint drops instead, as
+//!   in Kubernetes (the external policy drops in `external-…`). After DNAT,
+//!   traffic
 //!   still addressed to a cluster IP (an unknown port) or to an unallocated
 //!   address of the service CIDR is rejected as well (kube-proxy drops the
 //!   latter; refusing makes a deleted service fail fast).
@@ -261,17 +266,26 @@ fn port_rules(
     } else {
         &cluster_chain
     };
-    let external = if service.external_local {
-        &local
-    } else {
-        &cluster
-    };
     let cluster_ip = service.cluster_ip;
     let node_port = port.node_port;
-    let lb_ips = &service.load_balancer_ips;
-    // Node-port and load-balancer traffic is external: it enters through
-    // the external chain.
-    let has_external = node_port.is_some() || !lb_ips.is_empty();
+    // Load-balancer ingress and external IPs: addresses whose traffic on
+    // the service port is external, as node-port traffic is. The cluster
+    // IP is internal even when it is listed again.
+    let external_ips: BTreeSet<Ipv4Addr> = service
+        .load_balancer_ips
+        .iter()
+        .chain(&service.external_ips)
+        .copied()
+        .filter(|ip| Some(*ip) != cluster_ip)
+        .collect();
+    // External traffic enters through the external chain. It exists while
+    // the service has any usable endpoint: with a Local policy and no
+    // endpoint here, traffic from pods and from the node itself still goes
+    // to the cluster's endpoints and only the rest is dropped (kube-proxy's
+    // iptables mode; its nftables mode drops pods' traffic as well,
+    // kubernetes/kubernetes#131765).
+    let has_external = node_port.is_some() || !external_ips.is_empty();
+    let external_ok = has_external && !cluster.is_empty();
 
     // Which policy chains something jumps to.
     let mut use_cluster = false;
@@ -283,44 +297,20 @@ fn port_rules(
             use_cluster = true;
         }
     }
-    if has_external && !external.is_empty() {
-        if service.external_local {
-            use_local = true;
-            // Node-port traffic from the node itself may use any endpoint.
-            use_cluster |= !cluster.is_empty();
-        } else {
-            use_cluster = true;
-        }
+    if external_ok {
+        use_cluster = true;
+        use_local |= service.external_local && !local.is_empty();
     }
-
-    let no_endpoints = |wanted: &Vec<Ep<'_>>| {
-        if cluster.is_empty() {
-            REJECT.to_string()
-        } else {
-            debug_assert!(wanted.is_empty());
-            DROP.to_string()
-        }
-    };
 
     if let Some(ip) = cluster_ip {
         let key = format!("{ip} . {proto} . {}", port.port);
-        let (set, value) = if internal.is_empty() {
-            (NO_ENDPOINT_SERVICES, no_endpoints(internal))
-        } else {
+        let (set, value) = if !internal.is_empty() {
             (SERVICE_IPS, verdict_goto(internal_chain))
-        };
-        out.elements.insert(Element {
-            set,
-            key,
-            value: Some(value),
-        });
-    }
-    if let Some(np) = node_port {
-        let key = format!("{proto} . {np}");
-        let (set, value) = if external.is_empty() {
-            (NO_ENDPOINT_NODEPORTS, no_endpoints(external))
+        } else if cluster.is_empty() {
+            (NO_ENDPOINT_SERVICES, REJECT.to_string())
         } else {
-            (SERVICE_NODEPORTS, verdict_goto(&external_chain))
+            // internalTrafficPolicy: Local without an endpoint here.
+            (NO_ENDPOINT_SERVICES, DROP.to_string())
         };
         out.elements.insert(Element {
             set,
@@ -328,14 +318,27 @@ fn port_rules(
             value: Some(value),
         });
     }
-    // Load-balancer addresses share the service-ips map with cluster IPs
-    // (as in kube-proxy), with the service's own port.
-    for ip in lb_ips {
-        let key = format!("{ip} . {proto} . {}", port.port);
-        let (set, value) = if external.is_empty() {
-            (NO_ENDPOINT_SERVICES, no_endpoints(external))
+    let external_keys = node_port
+        .map(|np| {
+            (
+                SERVICE_NODEPORTS,
+                NO_ENDPOINT_NODEPORTS,
+                format!("{proto} . {np}"),
+            )
+        })
+        .into_iter()
+        .chain(external_ips.iter().map(|ip| {
+            (
+                SERVICE_IPS,
+                NO_ENDPOINT_SERVICES,
+                format!("{ip} . {proto} . {}", port.port),
+            )
+        }));
+    for (map, no_endpoint_map, key) in external_keys {
+        let (set, value) = if external_ok {
+            (map, verdict_goto(&external_chain))
         } else {
-            (SERVICE_IPS, verdict_goto(&external_chain))
+            (no_endpoint_map, REJECT.to_string())
         };
         out.elements.insert(Element {
             set,
@@ -343,13 +346,21 @@ fn port_rules(
             value: Some(value),
         });
     }
-    if has_external && !external.is_empty() {
+    if external_ok {
         let rules = if service.external_local {
-            let mut r = vec!["fib saddr type local jump mark-for-masquerade".to_string()];
-            if !cluster.is_empty() {
-                r.push(format!("fib saddr type local goto {cluster_chain}"));
-            }
-            r.push(format!("goto {local_chain}"));
+            let mut r = vec![
+                format!(
+                    "ip saddr {} goto {cluster_chain}",
+                    config.cluster_cidr.trunc()
+                ),
+                "fib saddr type local jump mark-for-masquerade".to_string(),
+                format!("fib saddr type local goto {cluster_chain}"),
+            ];
+            r.push(if local.is_empty() {
+                DROP.to_string()
+            } else {
+                format!("goto {local_chain}")
+            });
             r
         } else {
             vec![

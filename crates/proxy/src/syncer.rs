@@ -11,6 +11,8 @@
 //!   that service's chains and elements and nothing else.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::claims::{ClaimUpdate, Claims};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,8 @@ pub struct Syncer<N: Nft> {
     slices: HashMap<ServiceName, BTreeMap<String, SliceInfo>>,
     slice_owner: HashMap<SliceKey, ServiceName>,
     written: HashMap<ServiceName, ServiceRules>,
+    /// Which service owns each map key of what was written.
+    claims: Claims,
     /// Users of each hairpin element of what was written.
     hairpin: HairpinRefs,
     /// Services changed since the last sync, with the time of the first
@@ -63,6 +67,7 @@ impl<N: Nft> Syncer<N> {
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
             written: HashMap::new(),
+            claims: Claims::default(),
             hairpin: HairpinRefs::default(),
             dirty: HashMap::new(),
             full: Some(FullSync::Recreate),
@@ -200,6 +205,10 @@ impl<N: Nft> Syncer<N> {
         Some(service_rules(name, info, &slices, &self.config))
     }
 
+    fn created(&self, name: &ServiceName) -> Option<i64> {
+        self.services.get(name).and_then(|s| s.created)
+    }
+
     /// Writes what changed (or everything, when a full sync is pending) in
     /// one transaction. Returns the sample recorded, `None` when there was
     /// nothing to write. On failure the next sync is a full one.
@@ -257,6 +266,19 @@ impl<N: Nft> Syncer<N> {
             .into_iter()
             .filter_map(|n| Some((n.clone(), self.desired(n)?)))
             .collect();
+        // Keys are given out again from scratch.
+        let mut claims = Claims::default();
+        for (name, rules) in &desired {
+            let update = claims.update(name, self.created(name), Some(rules));
+            log_conflicts(name, &update);
+        }
+        let desired: Vec<(ServiceName, ServiceRules)> = desired
+            .into_iter()
+            .map(|(name, rules)| {
+                let rules = claims.filter(&name, rules);
+                (name, rules)
+            })
+            .collect();
         // The hairpin set starts empty in both kinds (deleted or flushed).
         let mut refs = HairpinRefs::default();
         let script = match kind {
@@ -285,6 +307,7 @@ impl<N: Nft> Syncer<N> {
         self.nft.apply(&text).await?;
         let nft_time = t.elapsed();
         self.written = desired.into_iter().collect();
+        self.claims = claims;
         self.hairpin = refs;
         tracing::info!(?kind, services, commands, ?nft_time, "proxy full sync");
         Ok(Some((commands, services, nft_time, true)))
@@ -296,12 +319,34 @@ impl<N: Nft> Syncer<N> {
         if self.dirty.is_empty() {
             return Ok(None);
         }
+        // What the changed services want, and the services that share a
+        // key with them: who owns the key may have changed. Claims are
+        // updated before the script is applied; a failed apply is followed
+        // by a full sync, which gives every key out again.
+        let mut wanted: BTreeMap<ServiceName, Option<ServiceRules>> = BTreeMap::new();
+        let mut affected = Vec::new();
+        let dirty: Vec<ServiceName> = self.dirty.keys().cloned().collect();
+        for name in dirty {
+            let rules = self.desired(&name);
+            let update = self
+                .claims
+                .update(&name, self.created(&name), rules.as_ref());
+            log_conflicts(&name, &update);
+            affected.extend(update.affected);
+            wanted.insert(name, rules);
+        }
+        for name in affected {
+            if let std::collections::btree_map::Entry::Vacant(slot) = wanted.entry(name) {
+                let rules = self.desired(slot.key());
+                slot.insert(rules);
+            }
+        }
         let mut script = Script::default();
-        let mut updates = Vec::with_capacity(self.dirty.len());
-        for name in self.dirty.keys() {
-            let new = self.desired(name);
-            script.diff_service(self.written.get(name), new.as_ref(), &mut self.hairpin);
-            updates.push((name.clone(), new));
+        let mut updates = Vec::with_capacity(wanted.len());
+        for (name, rules) in wanted {
+            let new = rules.map(|r| self.claims.filter(&name, r));
+            script.diff_service(self.written.get(&name), new.as_ref(), &mut self.hairpin);
+            updates.push((name, new));
         }
         if script.is_empty() {
             return Ok(None);
@@ -322,6 +367,18 @@ impl<N: Nft> Syncer<N> {
             }
         }
         Ok(Some((commands, services, nft_time, false)))
+    }
+}
+
+/// Warns about keys `name` now claims that another service claims too.
+fn log_conflicts(name: &ServiceName, update: &ClaimUpdate) {
+    for conflict in &update.contested {
+        tracing::warn!(
+            service = %name,
+            key = %conflict.key,
+            owner = %conflict.owner,
+            "services share an address and port; the oldest one gets it"
+        );
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use common::{
     BACKEND_PORT, CLUSTER_IP, Node, OUTSIDE_NODE_IP, answers, api_server, connect_many,
-    create_service, create_slice, delete_service, privileged, run_in, sock, start_proxy,
-    update_slice, wait_until,
+    create_named_service, create_named_slice, create_service, create_slice, delete_service,
+    privileged, run_in, sock, start_proxy, update_slice, wait_until,
 };
 use serde_json::json;
 
@@ -206,6 +206,154 @@ fn client_ip_affinity_sends_one_client_to_one_backend() -> anyhow::Result<()> {
             table.contains("10.42.0.4 timeout 10m expires"),
             "client not remembered:\n{table}"
         );
+        Ok(())
+    })
+}
+
+#[test]
+fn external_ips_reach_the_service_and_a_shared_one_goes_to_the_older_service() -> anyhow::Result<()>
+{
+    if !privileged() {
+        return Ok(());
+    }
+    let net = Node::new(&["pod-a", "pod-b", "pod-c", "client"])?;
+    let (a, b, c) = (
+        net.pod("pod-a").ip,
+        net.pod("pod-b").ip,
+        net.pod("pod-c").ip,
+    );
+    let client_ns = net.pod("client").netns.path.clone();
+    // The outside client reaches the external address through the node,
+    // as a router in front of the cluster would send it.
+    net.outside
+        .ip(&["route", "add", "10.99.0.0/24", "via", "192.168.77.1"])?;
+    let external = sock(std::net::Ipv4Addr::new(10, 99, 0, 1), 80);
+    run_in(&net.node.path, || async {
+        let api = api_server().await?;
+        let (metrics, proxy) = start_proxy(api.client.clone(), &net.node)?;
+        create_service(&api.client, json!({"externalIPs": ["10.99.0.1"]})).await?;
+        create_slice(&api.client, &[(a, true), (b, true)]).await?;
+        wait_until("external IP rules", SYNC, || {
+            let t = net.node.nft_table();
+            t.contains("10.99.0.1 . tcp . 80") && t.contains(&format!("dnat to {b}:"))
+        })
+        .await?;
+        for (who, ns) in [("outside", &net.outside.path), ("client pod", &client_ns)] {
+            let seen = answers(ns, external, 30)
+                .await
+                .with_context(|| who.to_string())?;
+            eprintln!("{who} -> {external}: {seen:?}");
+            ensure!(seen.len() == 2, "{who} reached {seen:?}, not both backends");
+        }
+
+        // A second, younger service lists the same address and port. Both
+        // cannot have it (one nft transaction with both would fail and
+        // leave every service unsynced): the older keeps it, and the
+        // younger's own cluster IP works.
+        create_named_service(
+            &api.client,
+            "web2",
+            json!({"clusterIP": "10.43.0.51", "externalIPs": ["10.99.0.1"],
+                "ports": [{"name": "http", "port": 80, "targetPort": BACKEND_PORT}]}),
+        )
+        .await?;
+        create_named_slice(&api.client, "web2", &[(c, true)]).await?;
+        wait_until("web2's rules", SYNC, || {
+            net.node.nft_table().contains(&format!("dnat to {c}:"))
+        })
+        .await?;
+        let seen = answers(
+            &client_ns,
+            sock(std::net::Ipv4Addr::new(10, 43, 0, 51), 80),
+            5,
+        )
+        .await?;
+        ensure!(
+            seen.keys().collect::<Vec<_>>() == vec!["pod-c"],
+            "web2: {seen:?}"
+        );
+        let seen = answers(&net.outside.path, external, 20).await?;
+        ensure!(
+            !seen.contains_key("pod-c") && seen.len() == 2,
+            "the shared address left the older service: {seen:?}"
+        );
+        ensure!(metrics.errors() == 0, "{} failed syncs", metrics.errors());
+
+        // The older one goes: the younger takes the address over.
+        delete_service(&api.client).await?;
+        wait_until("web's rules gone", SYNC, || {
+            !net.node.nft_table().contains("default/web/")
+        })
+        .await?;
+        let seen = answers(&net.outside.path, external, 5).await?;
+        ensure!(
+            seen.keys().collect::<Vec<_>>() == vec!["pod-c"],
+            "after the owner went: {seen:?}"
+        );
+        ensure!(metrics.errors() == 0, "{} failed syncs", metrics.errors());
+        ensure!(!proxy.is_finished(), "proxy stopped: {:?}", proxy);
+        Ok(())
+    })
+}
+
+#[test]
+fn external_traffic_policy_local_without_a_local_endpoint_serves_pods_and_drops_outside_clients()
+-> anyhow::Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let net = Node::new(&["pod-a", "client"])?;
+    let a = net.pod("pod-a").ip;
+    let client_ns = net.pod("client").netns.path.clone();
+    net.outside
+        .ip(&["route", "add", "10.99.0.0/24", "via", "192.168.77.1"])?;
+    let external = sock(std::net::Ipv4Addr::new(10, 99, 0, 1), 80);
+    run_in(&net.node.path, || async {
+        let api = api_server().await?;
+        let (metrics, _proxy) = start_proxy(api.client.clone(), &net.node)?;
+        create_service(
+            &api.client,
+            json!({"type": "NodePort", "externalTrafficPolicy": "Local",
+                "externalIPs": ["10.99.0.1"],
+                "ports": [{"name": "http", "port": 80, "targetPort": BACKEND_PORT,
+                    "protocol": "TCP", "nodePort": 30081}]}),
+        )
+        .await?;
+        // The only endpoint runs on another node.
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(json!({
+                "metadata": {"name": "web-1", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [a.to_string()], "nodeName": "node-b",
+                    "conditions": {"ready": true}}],
+            }))?;
+        kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+            api.client.clone(),
+            "default",
+        )
+        .create(&Default::default(), &slice)
+        .await?;
+        wait_until("rules for the remote endpoint", SYNC, || {
+            net.node.nft_table().contains(&format!("dnat to {a}:"))
+        })
+        .await?;
+        // Pods reach the service on its external IP and node port.
+        for addr in [external, sock(common::NODE_IP, 30081)] {
+            let seen = answers(&client_ns, addr, 3).await?;
+            ensure!(seen.contains_key("pod-a"), "client pod -> {addr}: {seen:?}");
+        }
+        // Outside clients are dropped: their source address would be lost
+        // on the way to another node.
+        for addr in [external, sock(OUTSIDE_NODE_IP, 30081)] {
+            let results = connect_many(&net.outside.path, addr, 1).await?;
+            match &results[..] {
+                [Err(e)] if e.kind() == std::io::ErrorKind::TimedOut => {}
+                other => anyhow::bail!("outside -> {addr}: {other:?}, not dropped"),
+            }
+        }
+        ensure!(metrics.errors() == 0, "{} failed syncs", metrics.errors());
         Ok(())
     })
 }

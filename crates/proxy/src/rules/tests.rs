@@ -27,6 +27,8 @@ fn service() -> ServiceInfo {
         external_local: false,
         internal_local: false,
         load_balancer_ips: Vec::new(),
+        external_ips: Vec::new(),
+        created: None,
     }
 }
 
@@ -260,6 +262,7 @@ fn external_traffic_policy_local_sends_node_port_traffic_only_to_local_endpoints
 add chain ip skiff-proxy external-default/web/tcp/80
 add chain ip skiff-proxy local-default/web/tcp/80
 add chain ip skiff-proxy service-default/web/tcp/80
+add rule ip skiff-proxy external-default/web/tcp/80 ip saddr 10.42.0.0/16 goto service-default/web/tcp/80
 add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local jump mark-for-masquerade
 add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local goto service-default/web/tcp/80
 add rule ip skiff-proxy external-default/web/tcp/80 goto local-default/web/tcp/80
@@ -494,32 +497,74 @@ add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
 }
 
 #[test]
-fn load_balancer_ingress_without_usable_endpoints_is_refused_or_dropped() {
-    // (case, externalTrafficPolicy Local, slices, the ingress elements wanted)
-    let cases = [
-        (
-            "no endpoints: rejected",
-            false,
-            vec![],
-            "no-endpoint-services { 10.99.0.1 . tcp . 80 : goto reject-chain }",
-        ),
-        (
-            "Local without a local endpoint: dropped",
-            true,
-            vec![slice(vec![endpoint("10.42.0.3", true, "node-b")])],
-            "no-endpoint-services { 10.99.0.1 . tcp . 80 : drop }",
-        ),
-    ];
-    for (case, local, slices, want) in cases {
-        let mut svc = load_balancer(&["10.99.0.1"]);
-        svc.external_local = local;
-        let got = creation(&svc, &slices);
-        assert!(got.contains(want), "{case}: want {want} in\n{got}");
-        assert!(
-            !got.contains("service-ips { 10.99.0.1"),
-            "{case}: ingress still captured\n{got}"
-        );
+fn load_balancer_ingress_without_any_usable_endpoint_is_refused() {
+    let got = creation(&load_balancer(&["10.99.0.1"]), &[]);
+    let want = "no-endpoint-services { 10.99.0.1 . tcp . 80 : goto reject-chain }";
+    assert!(got.contains(want), "want {want} in\n{got}");
+    assert!(
+        got.contains("no-endpoint-nodeports { tcp . 30080 : goto reject-chain }"),
+        "{got}"
+    );
+    assert!(
+        !got.contains("service-ips { 10.99.0.1"),
+        "ingress still captured\n{got}"
+    );
+    assert!(!got.contains("external-"), "{got}");
+}
+
+#[test]
+fn external_traffic_policy_local_without_a_local_endpoint_drops_only_outside_clients() {
+    let mut svc = load_balancer(&["10.99.0.1"]);
+    svc.external_local = true;
+    let got = creation(&svc, &[slice(vec![endpoint("10.42.0.3", true, "node-b")])]);
+    // Pods and the node itself still reach the service's endpoints (as in
+    // kube-proxy's iptables mode); anyone else is dropped.
+    for want in [
+        "service-ips { 10.99.0.1 . tcp . 80 : goto external-default/web/tcp/80 }",
+        "service-nodeports { tcp . 30080 : goto external-default/web/tcp/80 }",
+        "\
+add rule ip skiff-proxy external-default/web/tcp/80 ip saddr 10.42.0.0/16 goto service-default/web/tcp/80
+add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local jump mark-for-masquerade
+add rule ip skiff-proxy external-default/web/tcp/80 fib saddr type local goto service-default/web/tcp/80
+add rule ip skiff-proxy external-default/web/tcp/80 drop
+",
+    ] {
+        assert!(got.contains(want), "want {want} in\n{got}");
     }
+    assert!(!got.contains("no-endpoint"), "{got}");
+    assert!(!got.contains("local-default"), "{got}");
+}
+
+#[test]
+fn external_ips_are_captured_like_load_balancer_ingress_in_any_service_type() {
+    let mut svc = service();
+    // Listed twice, and once as the service's own cluster IP (which stays
+    // internal).
+    svc.external_ips = ["10.99.0.7", "10.99.0.7", "10.43.0.50"]
+        .iter()
+        .map(|ip| ip.parse().expect("ip"))
+        .collect();
+    check(
+        creation(&svc, &[slice(vec![endpoint("10.42.0.2", true, "node-b")])]),
+        "\
+add chain ip skiff-proxy external-default/web/tcp/80
+add chain ip skiff-proxy service-default/web/tcp/80
+add rule ip skiff-proxy external-default/web/tcp/80 jump mark-for-masquerade
+add rule ip skiff-proxy external-default/web/tcp/80 goto service-default/web/tcp/80
+add rule ip skiff-proxy service-default/web/tcp/80 ip daddr 10.43.0.50 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade
+add rule ip skiff-proxy service-default/web/tcp/80 meta l4proto tcp dnat to 10.42.0.2:8080
+add element ip skiff-proxy cluster-ips { 10.43.0.50 }
+add element ip skiff-proxy service-ips { 10.43.0.50 . tcp . 80 : goto service-default/web/tcp/80 }
+add element ip skiff-proxy service-ips { 10.99.0.7 . tcp . 80 : goto external-default/web/tcp/80 }
+add element ip skiff-proxy hairpin-endpoints { 10.42.0.2 . 10.42.0.2 }
+",
+    );
+    // Without endpoints the external address is refused like the rest.
+    let got = creation(&svc, &[]);
+    assert!(
+        got.contains("no-endpoint-services { 10.99.0.7 . tcp . 80 : goto reject-chain }"),
+        "{got}"
+    );
 }
 
 #[test]

@@ -63,6 +63,8 @@ fn svc(i: u8) -> (ServiceName, ServiceInfo) {
             external_local: false,
             internal_local: false,
             load_balancer_ips: Vec::new(),
+            external_ips: Vec::new(),
+            created: None,
         },
     )
 }
@@ -304,4 +306,79 @@ fn latency_is_measured_from_the_first_event_of_a_batch() {
         sample.latency
     );
     assert_eq!(s.metrics().p50(), Some(sample.latency));
+}
+
+/// Lines of `script` that add or delete the element with `key`.
+fn element_lines<'a>(script: &'a str, key: &str) -> Vec<&'a str> {
+    script
+        .lines()
+        .filter(|l| l.contains("element") && l.contains(&format!("{{ {key}")))
+        .collect()
+}
+
+#[test]
+fn two_services_with_one_external_ip_and_port_give_it_to_the_older_until_it_goes() {
+    let (mut s, fake) = syncer_with(3);
+    let now = Instant::now();
+    for (i, created) in [(1, 300), (2, 100)] {
+        let (name, mut info) = svc(i);
+        info.external_ips = vec![std::net::Ipv4Addr::new(10, 99, 0, 1)];
+        info.created = Some(created);
+        s.set_service(name, Some(info), now);
+    }
+    // svc3 has no endpoints and lists svc2's cluster IP as an external IP.
+    let (name3, mut info3) = svc(3);
+    info3.external_ips = vec![std::net::Ipv4Addr::new(10, 43, 0, 2)];
+    info3.created = Some(500);
+    s.set_service(name3.clone(), Some(info3), now);
+    s.set_slice("default", "svc3-x", None, now);
+    block_on(s.sync()).expect("sync");
+    let script = fake.take().remove(0);
+    // One element per key (two would fail the transaction), the older
+    // service's.
+    assert_eq!(
+        element_lines(&script, "10.99.0.1 . tcp . 80"),
+        vec![
+            "add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/svc2/tcp/80 }"
+        ],
+        "{script}"
+    );
+    assert_eq!(
+        element_lines(&script, "10.43.0.2 . tcp . 80"),
+        vec![
+            "add element ip skiff-proxy service-ips { 10.43.0.2 . tcp . 80 : goto service-default/svc2/tcp/80 }"
+        ],
+        "{script}"
+    );
+
+    // The owner goes: the younger service takes the address over in the
+    // same incremental transaction that deletes the owner's element.
+    s.set_service(ServiceName::new("default", "svc2"), None, Instant::now());
+    let sample = block_on(s.sync()).expect("sync").expect("sample");
+    assert!(!sample.full);
+    let script = fake.take().remove(0);
+    assert_eq!(
+        element_lines(&script, "10.99.0.1 . tcp . 80"),
+        vec![
+            "delete element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 }",
+            "add element ip skiff-proxy service-ips { 10.99.0.1 . tcp . 80 : goto external-default/svc1/tcp/80 }",
+        ],
+        "{script}"
+    );
+    // svc3 now owns svc2's old cluster IP and port, and has no endpoints.
+    assert_eq!(
+        element_lines(&script, "10.43.0.2 . tcp . 80"),
+        vec![
+            "delete element ip skiff-proxy service-ips { 10.43.0.2 . tcp . 80 }",
+            "add element ip skiff-proxy no-endpoint-services { 10.43.0.2 . tcp . 80 : goto reject-chain }",
+        ],
+        "{script}"
+    );
+
+    // A full resync gives the keys out the same way.
+    s.request_full(FullSync::Recreate);
+    block_on(s.sync()).expect("sync");
+    let script = fake.take().remove(0);
+    assert_eq!(element_lines(&script, "10.99.0.1 . tcp . 80").len(), 1);
+    assert_eq!(element_lines(&script, "10.43.0.2 . tcp . 80").len(), 1);
 }

@@ -408,15 +408,24 @@ pub async fn create_service(client: &kube::Client, extra: serde_json::Value) -> 
             spec.insert(k.clone(), v.clone());
         }
     }
+    create_named_service(client, "web", spec).await
+}
+
+/// Creates Service `name` in `default` with `spec`.
+pub async fn create_named_service(
+    client: &kube::Client,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
+        "metadata": {"name": name, "namespace": "default"},
         "spec": spec,
     }))?;
     Api::<Service>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &svc)
         .await
-        .context("creating service web")?;
+        .with_context(|| format!("creating service {name}"))?;
     Ok(())
 }
 
@@ -436,10 +445,20 @@ pub async fn create_slice(
     client: &kube::Client,
     endpoints: &[(Ipv4Addr, bool)],
 ) -> anyhow::Result<()> {
+    create_named_slice(client, "web", endpoints).await
+}
+
+/// Writes EndpointSlice `<service>-1` of `service` (port `http` at
+/// [`BACKEND_PORT`]) with `endpoints` (address, ready).
+pub async fn create_named_slice(
+    client: &kube::Client,
+    service: &str,
+    endpoints: &[(Ipv4Addr, bool)],
+) -> anyhow::Result<()> {
     let slice: EndpointSlice = serde_json::from_value(json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "web-1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "web"}},
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}],
         "endpoints": slice_endpoints(endpoints),
@@ -447,7 +466,7 @@ pub async fn create_slice(
     Api::<EndpointSlice>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &slice)
         .await
-        .context("creating endpointslice web-1")?;
+        .with_context(|| format!("creating endpointslice {service}-1"))?;
     Ok(())
 }
 
