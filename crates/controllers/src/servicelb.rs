@@ -22,7 +22,12 @@
 //! ingress keeps the port (else the oldest), and another one stays without
 //! ingress (with a `PortInUse` warning) until the port is free. Two
 //! services given the same address and port would also make every node's
-//! proxy fail its rule transaction.
+//! proxy fail its rule transaction. For the same reason a load balancer
+//! never gets a port the nodes' own daemons listen on at those addresses:
+//! the API server's (the `default/kubernetes` service's target port) and
+//! the kubelet's (`status.daemonEndpoints`). Every node's proxy would
+//! capture `<node address>:6443` and cut the agents off from the API
+//! server.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +38,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -228,13 +234,14 @@ fn age_key(service: &Service) -> (bool, Option<jiff::Timestamp>, String, String)
 }
 
 /// The pure port rule. Managed services are served in [`age_key`] order; each
-/// takes its ports unless one is already taken, in which case it takes
-/// none. Returns who holds a port `service` wants, as
+/// takes its ports unless one is already taken or `reserved` (see
+/// [`daemon_ports`]), in which case it takes none. Returns who holds a port `service` wants, as
 /// `(namespace/name, PORT/PROTOCOL)`, or `None` when `service` gets its
 /// ports (or is not managed). `others` may include `service` itself.
 pub fn port_holder<'a, S: Borrow<Service> + 'a>(
     service: &Service,
     others: impl IntoIterator<Item = &'a S>,
+    reserved: &BTreeMap<(String, i32), &str>,
 ) -> Option<(String, String)> {
     if !is_managed(service) {
         return None;
@@ -251,7 +258,10 @@ pub fn port_holder<'a, S: Borrow<Service> + 'a>(
     let mut taken: BTreeMap<(String, i32), &Service> = BTreeMap::new();
     for (_, older) in managed {
         let ports = lb_ports(older);
-        if ports.iter().any(|p| taken.contains_key(p)) {
+        if ports
+            .iter()
+            .any(|p| taken.contains_key(p) || reserved.contains_key(p))
+        {
             continue;
         }
         for p in ports {
@@ -270,6 +280,79 @@ pub fn port_holder<'a, S: Borrow<Service> + 'a>(
             )
         })
     })
+}
+
+/// The service that points at the API servers.
+const API_SERVICE: (&str, &str) = ("default", "kubernetes");
+
+/// The `(protocol, port)` pairs the nodes' own daemons listen on, each
+/// with who listens: the API server's target ports (from the
+/// `default/kubernetes` service among `services`) and every kubelet's
+/// port.
+pub fn daemon_ports<'a, S: Borrow<Service> + 'a, N: Borrow<Node>>(
+    services: impl IntoIterator<Item = &'a S>,
+    nodes: &[N],
+) -> BTreeMap<(String, i32), &'static str> {
+    let mut out = BTreeMap::new();
+    let api = services
+        .into_iter()
+        .map(Borrow::borrow)
+        .find(|s| s.namespace().as_deref() == Some(API_SERVICE.0) && s.name_any() == API_SERVICE.1);
+    let api_ports = api
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten();
+    for p in api_ports {
+        let port = match &p.target_port {
+            Some(IntOrString::Int(port)) => *port,
+            // A named target port is resolved by the endpoints; the
+            // service port stands in.
+            _ => p.port,
+        };
+        let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        out.insert((proto, port), "the API server");
+    }
+    for node in nodes {
+        let port = node
+            .borrow()
+            .status
+            .as_ref()
+            .and_then(|s| s.daemon_endpoints.as_ref())
+            .and_then(|d| d.kubelet_endpoint.as_ref())
+            .map(|e| e.port)
+            .filter(|p| *p > 0);
+        if let Some(port) = port {
+            out.entry(("TCP".to_string(), port))
+                .or_insert("the kubelet");
+        }
+    }
+    out
+}
+
+/// Who holds a port `service` wants: a node daemon (see [`daemon_ports`])
+/// or, by the port rule ([`port_holder`]), another load balancer; as
+/// `(who, PORT/PROTOCOL)`.
+fn port_taken<N: Borrow<Node>>(
+    service: &Service,
+    services: &[Arc<Service>],
+    nodes: &[N],
+) -> Option<(String, String)> {
+    if !is_managed(service) {
+        return None;
+    }
+    let daemons = daemon_ports(services.iter().map(|s| &**s), nodes);
+    lb_ports(service)
+        .into_iter()
+        .find_map(|p| {
+            daemons
+                .get(&p)
+                .map(|who| (who.to_string(), format!("{}/{}", p.1, p.0)))
+        })
+        .or_else(|| {
+            port_holder(service, services.iter().map(|s| &**s), &daemons)
+                .map(|(by, port)| (format!("load balancer service {by}"), port))
+        })
 }
 
 /// What a service shows now.
@@ -321,7 +404,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     if is_foreign(&svc) {
         return Ok(Action::await_change());
     }
-    let holder = port_holder(&svc, ctx.services.state().iter());
+    let nodes = ctx.nodes.list();
+    let holder = port_taken(&svc, &ctx.services.state(), &nodes);
     let endpoint_nodes = if holder.is_none() && is_managed(&svc) && is_local(&svc) {
         let ns = svc.namespace().unwrap_or_default();
         let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), &ns)
@@ -335,7 +419,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let desired = match &holder {
         Some(_) => Vec::new(),
-        None => desired_ingress(&svc, &ctx.nodes.list(), endpoint_nodes.as_ref()),
+        None => desired_ingress(&svc, &nodes, endpoint_nodes.as_ref()),
     };
     let uid = svc.metadata.uid.clone().unwrap_or_default();
     let newly_blocked = {
@@ -365,9 +449,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error
         tracing::info!(service = %svc.name_any(), namespace = %svc.namespace().unwrap_or_default(), holder = %by, %port, "load balancer port in use");
         let note = Note::warning(
             "PortInUse",
-            format!(
-                "port {port} is already used by load balancer service {by}; no ingress until it is free"
-            ),
+            format!("port {port} is already used by {by}; no ingress until it is free"),
         );
         events::record(&ctx.client, &service_ref(&svc), COMPONENT, &note).await;
     }
@@ -871,27 +953,87 @@ mod tests {
     }
 
     #[test]
+    fn ports_the_api_server_and_kubelets_listen_on_are_never_given_out() {
+        let mut api = lb_service("kubernetes", 1, &[(443, "TCP")]);
+        if let Some(spec) = api.spec.as_mut() {
+            spec.type_ = Some("ClusterIP".into());
+            if let Some(ports) = spec.ports.as_mut() {
+                ports[0].target_port = Some(IntOrString::Int(6443));
+            }
+        }
+        let mut kubelet_node = node("a", "True", &[("InternalIP", "10.0.0.1")]);
+        if let Some(status) = kubelet_node.status.as_mut() {
+            status.daemon_endpoints = Some(k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: 10250 }),
+            });
+        }
+        let nodes = [kubelet_node];
+        let steal_api = Arc::new(lb_service("steal-api", 100, &[(6443, "TCP")]));
+        let steal_kubelet = Arc::new(lb_service(
+            "steal-kubelet",
+            100,
+            &[(80, "TCP"), (10250, "TCP")],
+        ));
+        let udp = Arc::new(lb_service("udp", 100, &[(6443, "UDP")]));
+        let https = Arc::new(lb_service("https", 100, &[(443, "TCP")]));
+        let all = vec![
+            Arc::new(api),
+            steal_api.clone(),
+            steal_kubelet.clone(),
+            udp.clone(),
+            https.clone(),
+        ];
+        assert_eq!(
+            port_taken(&steal_api, &all, &nodes),
+            Some(("the API server".to_string(), "6443/TCP".to_string()))
+        );
+        assert_eq!(
+            port_taken(&steal_kubelet, &all, &nodes),
+            Some(("the kubelet".to_string(), "10250/TCP".to_string()))
+        );
+        // Other protocols, and the API service's own port (not listened on
+        // at node addresses), are free.
+        assert_eq!(port_taken(&udp, &all, &nodes), None);
+        assert_eq!(port_taken(&https, &all, &nodes), None);
+        // A blocked service holds nothing, so port 80 stays free for
+        // another one, and the rule between balancers still applies.
+        let web = Arc::new(lb_service("web", 200, &[(80, "TCP")]));
+        let web2 = Arc::new(lb_service("web2", 300, &[(443, "TCP")]));
+        let mut all = all;
+        all.extend([web.clone(), web2.clone()]);
+        assert_eq!(port_taken(&web, &all, &nodes), None);
+        assert_eq!(
+            port_taken(&web2, &all, &nodes),
+            Some((
+                "load balancer service default/https".to_string(),
+                "443/TCP".to_string()
+            ))
+        );
+    }
+
+    #[test]
     fn a_port_serves_the_oldest_load_balancer_that_can_take_all_its_ports() {
+        let none = BTreeMap::new();
         let a = lb_service("a", 100, &[(80, "TCP")]);
         let b = lb_service("b", 200, &[(80, "TCP"), (443, "TCP")]);
         let c = lb_service("c", 300, &[(443, "TCP")]);
         let udp = lb_service("udp", 400, &[(80, "UDP")]);
         let all = [a.clone(), b.clone(), c.clone(), udp.clone()];
         // The list may hold the service itself; it never blocks itself.
-        assert_eq!(port_holder(&a, all.iter()), None);
+        assert_eq!(port_holder(&a, all.iter(), &none), None);
         assert_eq!(
-            port_holder(&b, all.iter()),
+            port_holder(&b, all.iter(), &none),
             Some(("default/a".to_string(), "80/TCP".to_string()))
         );
         // b holds nothing while blocked, so 443 is free for c.
-        assert_eq!(port_holder(&c, all.iter()), None);
+        assert_eq!(port_holder(&c, all.iter(), &none), None);
         // Same number, other protocol.
-        assert_eq!(port_holder(&udp, all.iter()), None);
+        assert_eq!(port_holder(&udp, all.iter(), &none), None);
         // Once a is gone, b takes both ports and c waits for b.
         let rest = [b.clone(), c.clone()];
-        assert_eq!(port_holder(&b, rest.iter()), None);
+        assert_eq!(port_holder(&b, rest.iter(), &none), None);
         assert_eq!(
-            port_holder(&c, rest.iter()),
+            port_holder(&c, rest.iter(), &none),
             Some(("default/b".to_string(), "443/TCP".to_string()))
         );
         // One that already shows an ingress keeps its port, even against
@@ -907,16 +1049,16 @@ mod tests {
             ..Default::default()
         });
         let contest = [a.clone(), serving.clone()];
-        assert_eq!(port_holder(&serving, contest.iter()), None);
+        assert_eq!(port_holder(&serving, contest.iter(), &none), None);
         assert_eq!(
-            port_holder(&a, contest.iter()),
+            port_holder(&a, contest.iter(), &none),
             Some(("default/z-serving".to_string(), "80/TCP".to_string()))
         );
         // Created in the same second: the name decides.
         let twin = lb_service("a-twin", 100, &[(80, "TCP")]);
         let pair = [a.clone(), twin.clone()];
-        assert_eq!(port_holder(&a, pair.iter()), None);
-        assert!(port_holder(&twin, pair.iter()).is_some());
+        assert_eq!(port_holder(&a, pair.iter(), &none), None);
+        assert!(port_holder(&twin, pair.iter(), &none).is_some());
         // Services this controller does not manage hold no port.
         let mut cluster_ip = lb_service("old-cluster-ip", 1, &[(443, "TCP")]);
         if let Some(spec) = cluster_ip.spec.as_mut() {
@@ -927,7 +1069,7 @@ mod tests {
             spec.load_balancer_class = Some("example.com/lb".into());
         }
         let others = [cluster_ip, classed.clone(), c.clone()];
-        assert_eq!(port_holder(&c, others.iter()), None);
-        assert_eq!(port_holder(&classed, others.iter()), None);
+        assert_eq!(port_holder(&c, others.iter(), &none), None);
+        assert_eq!(port_holder(&classed, others.iter(), &none), None);
     }
 }

@@ -131,10 +131,30 @@ fn monitors_and_exec_helpers_are_forked_by_the_zygote_and_by_the_runtime_once_it
         // Without the zygote, the runtime forks the monitor itself.
         let pid = nix::unistd::Pid::from_raw(zygote_pid);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the zygote");
-        nix::sys::wait::waitpid(pid, None).expect("reap the zygote");
+        // Dead (a zombie until someone reaps it) before the next start.
+        let stat = format!("/proc/{zygote_pid}/stat");
+        while std::fs::read_to_string(&stat).ok().and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        }) == Some(false)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let after = f.container(&sb, "after", &["exit", "7"], |_| {}).await;
         let status = f.wait_exited(&after, Duration::from_secs(20)).await;
         assert_eq!(status.exit_code, 7);
+        // The runtime noticed and reaped it: no zombie is left.
+        let proc_dir = format!("/proc/{zygote_pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&proc_dir).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the killed zygote {zygote_pid} was not reaped: {:?}",
+                std::fs::read_to_string(format!("{proc_dir}/stat"))
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // And its exec helpers.
         let out =
             f.rt.exec_sync(

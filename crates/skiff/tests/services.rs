@@ -7,7 +7,9 @@
 //! endpoint while without it requests spread over both; a pod that turns
 //! unready leaves its service's rotation within 2 s, and comes back. A
 //! `type: LoadBalancer` service shows the node address as its external IP
-//! and answers there on its own port until it turns ClusterIP.
+//! and answers there on its own port until it turns ClusterIP; one on the
+//! API server's port gets no address; a service's `externalIPs` answer
+//! with its port.
 
 mod common;
 
@@ -399,6 +401,28 @@ spec:
   ports: [{port: 8080, targetPort: 9376}]
 "#;
 
+const LOAD_BALANCED_ON_API_PORT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-api
+spec:
+  type: LoadBalancer
+  selector: {app: lb-web}
+  ports: [{port: 6443, targetPort: 9376}]
+"#;
+
+const EXTERNAL_IPS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: ext-web
+spec:
+  selector: {app: lb-web}
+  externalIPs: [10.99.0.77]
+  ports: [{port: 8081, targetPort: 9376}]
+"#;
+
 #[test]
 fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip() -> Result<()> {
     let cluster = Cluster::start()?;
@@ -491,6 +515,56 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
         "{url} stopped answering with a second service on its port: {body}{err}"
     );
     cluster.ok(&["delete", "service", "lb-twin"])?;
+
+    // A load balancer on the API server's port would make every node's
+    // proxy capture `<node address>:6443`: it gets no ingress.
+    let api_lb = cluster.write("lb-api.yaml", LOAD_BALANCED_ON_API_PORT)?;
+    cluster.ok(&["apply", "-f", path_str(&api_lb)?])?;
+    cluster.wait_for(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=lb-api,reason=PortInUse",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ],
+        "port 6443/TCP is already used by the API server; no ingress until it is free",
+        Duration::from_secs(30),
+    )?;
+    let api_ingress = cluster.ok(&[
+        "get",
+        "service",
+        "lb-api",
+        "-o",
+        "jsonpath={.status.loadBalancer.ingress[*].ip}",
+    ])?;
+    ensure!(api_ingress.trim().is_empty(), "lb-api got {api_ingress:?}");
+    cluster.ok(&["delete", "service", "lb-api"])?;
+
+    // `spec.externalIPs` of a ClusterIP service: the address with the
+    // service's port reaches a pod, from the host as from outside.
+    let external = cluster.write("external.yaml", EXTERNAL_IPS)?;
+    cluster.ok(&["apply", "-f", path_str(&external)?])?;
+    let external_url = "http://10.99.0.77:8081/hostname";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body, err) = cluster.netns.http_get(external_url)?;
+        if ok {
+            ensure!(
+                names.contains(&body),
+                "{external_url} answered {body:?}, not one of {names:?}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{external_url} never answered from the host: {body}{err}\n{}",
+            cluster.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.ok(&["delete", "service", "ext-web"])?;
 
     // externalTrafficPolicy Local: only nodes with a ready endpoint are
     // listed, so the address goes when the Deployment scales to zero and

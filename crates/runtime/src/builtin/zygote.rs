@@ -27,6 +27,7 @@ use std::fs::File;
 use std::io::{BufReader, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::sys::socket::{
@@ -69,6 +70,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct Zygote {
     socket: OwnedFd,
     pid: Pid,
+    /// Set once a request could not be sent: the zygote is gone (and has
+    /// been reaped), and every later request is left to the caller.
+    gone: AtomicBool,
 }
 
 impl Zygote {
@@ -98,6 +102,7 @@ impl Zygote {
                 Ok(Zygote {
                     socket: agent_end,
                     pid: child,
+                    gone: AtomicBool::new(false),
                 })
             }
         }
@@ -168,9 +173,13 @@ impl Zygote {
         )
     }
 
-    /// Sends one request with its descriptors; false (and a warning) when
-    /// it could not be sent.
+    /// Sends one request with its descriptors; false when it could not be
+    /// sent. The first failure to reach the zygote is logged and the
+    /// zygote is reaped; later requests are not tried.
     fn send(&self, request: &Request, fds: &[std::os::fd::RawFd]) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return false;
+        }
         let body = match serde_json::to_vec(request) {
             Ok(b) => b,
             Err(e) => {
@@ -193,7 +202,15 @@ impl Zygote {
         match sent {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(zygote = self.pid.as_raw(), error = %e, "the monitor zygote is not reachable");
+                if !self.gone.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(zygote = self.pid.as_raw(), error = %e, "the monitor zygote is gone; monitors are forked by the agent from now on");
+                    // It is this process's child: reap it, or it stays a
+                    // zombie. It may still be exiting, so wait on a thread.
+                    let pid = self.pid;
+                    std::thread::spawn(move || {
+                        let _ = nix::sys::wait::waitpid(pid, None);
+                    });
+                }
                 false
             }
         }
