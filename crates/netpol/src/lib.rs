@@ -1,7 +1,9 @@
 //! skiff-netpol: NetworkPolicy enforcement on one node, the job k3s gives
 //! its embedded network policy controller. It watches NetworkPolicies and,
 //! while any exists, Pods and Namespaces (cluster-wide: a policy on this
-//! node's pods can name pods anywhere), and keeps one nftables table,
+//! node's pods can name pods anywhere) and the cluster DNS's
+//! EndpointSlice (its addresses count as the DNS pods, see
+//! [`model::dns_pods`]), and keeps one nftables table,
 //! `ip skiff-netpol`, in step with them: each of this node's pods that a
 //! policy isolates gets a chain that lets through only what the policies
 //! selecting it allow, for ingress and egress (see [`rules`]).
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -151,6 +154,20 @@ where
         .boxed()
 }
 
+/// A watch of the cluster DNS's EndpointSlices (see [`model::dns_pods`]).
+fn dns_slice_events(client: &kube::Client) -> Events<EndpointSlice> {
+    let selector = format!(
+        "endpointslice.kubernetes.io/managed-by={}",
+        model::DNS_MANAGED_BY
+    );
+    watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+    )
+    .default_backoff()
+    .boxed()
+}
+
 /// The next event of a watch that may not be running: never, when it is
 /// not.
 async fn next<K>(
@@ -179,9 +196,10 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     // cluster without policies costs its nodes no pod watch.
     let mut pods: Option<Events<Pod>> = None;
     let mut namespaces: Option<Events<Namespace>> = None;
+    let mut dns_slices: Option<Events<EndpointSlice>> = None;
     let mut state = State::default();
-    let (mut pod_mirror, mut ns_mirror, mut policy_mirror) =
-        (Mirror::new(), Mirror::new(), Mirror::new());
+    let (mut pod_mirror, mut ns_mirror, mut dns_mirror, mut policy_mirror) =
+        (Mirror::new(), Mirror::new(), Mirror::new(), Mirror::new());
     let mut dirty = false;
     // What the kernel holds: the last script written, `None` after a failure
     // or before the first write (so the first sync always writes).
@@ -195,13 +213,15 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         if wanted && pods.is_none() {
             pods = Some(events(&client));
             namespaces = Some(events(&client));
+            dns_slices = Some(dns_slice_events(&client));
         } else if !wanted && pods.is_some() {
-            (pods, namespaces) = (None, None);
-            (state.pods, state.namespaces) = Default::default();
-            (pod_mirror, ns_mirror) = (Mirror::new(), Mirror::new());
+            (pods, namespaces, dns_slices) = (None, None, None);
+            (state.pods, state.namespaces, state.host_pods) = Default::default();
+            (pod_mirror, ns_mirror, dns_mirror) = (Mirror::new(), Mirror::new(), Mirror::new());
         }
-        let can_sync =
-            dirty && policy_mirror.listed && (!wanted || (pod_mirror.listed && ns_mirror.listed));
+        let can_sync = dirty
+            && policy_mirror.listed
+            && (!wanted || (pod_mirror.listed && ns_mirror.listed && dns_mirror.listed));
         tokio::select! {
             event = next(&mut pods) => {
                 match event.ok_or(Error::WatchEnded { resource: "pods" })? {
@@ -213,6 +233,12 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                 match event.ok_or(Error::WatchEnded { resource: "namespaces" })? {
                     Ok(e) => dirty |= ns_mirror.apply(&mut state.namespaces, e, |ns| ns.name_any(), |ns| Some(model::namespace_labels(ns))),
                     Err(e) => tracing::warn!(error = %e, "namespaces watch"),
+                }
+            }
+            event = next(&mut dns_slices) => {
+                match event.ok_or(Error::WatchEnded { resource: "endpointslices" })? {
+                    Ok(e) => dirty |= dns_mirror.apply(&mut state.host_pods, e, namespaced_key, model::dns_pods),
+                    Err(e) => tracing::warn!(error = %e, "cluster DNS endpointslices watch"),
                 }
             }
             event = policies.next() => {

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -80,6 +81,58 @@ impl PodInfo {
             .find(|p| p.name == name && p.protocol == protocol)
             .map(|p| p.port)
     }
+}
+
+/// The label skiff's cluster DNS sets on its EndpointSlice
+/// (`endpointslice.kubernetes.io/managed-by`).
+pub const DNS_MANAGED_BY: &str = "skiff-dns";
+
+/// The labels upstream's cluster DNS pods carry (CoreDNS's).
+pub const DNS_POD_LABELS: [(&str, &str); 1] = [("k8s-app", "kube-dns")];
+
+/// The cluster DNS's addresses read as the pods it would run in upstream.
+/// skiff serves DNS from its servers' host network, so a policy allowing
+/// egress to the DNS pods (`k8s-app: kube-dns` in `kube-system`, the usual
+/// rule) would otherwise select nothing, and pods on other nodes could
+/// not resolve names. Each IPv4 address of the DNS's EndpointSlice becomes
+/// a pod of the slice's namespace with [`DNS_POD_LABELS`] and the slice's
+/// named ports, on no node (so never isolated itself).
+pub fn dns_pods(slice: &EndpointSlice) -> Option<Vec<PodInfo>> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let namespace = slice.metadata.namespace.clone().unwrap_or_default();
+    let ports: Vec<NamedPort> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                protocol: Protocol::parse(p.protocol.as_deref())?,
+                port: u16::try_from(p.port?).ok()?,
+            })
+        })
+        .collect();
+    let labels: BTreeMap<String, String> = DNS_POD_LABELS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let pods = slice
+        .endpoints
+        .iter()
+        .flat_map(|e| &e.addresses)
+        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+        .map(|ip| PodInfo {
+            namespace: namespace.clone(),
+            name: format!("cluster-dns@{ip}"),
+            labels: labels.clone(),
+            ip,
+            node: String::new(),
+            ports: ports.clone(),
+        })
+        .collect();
+    Some(pods)
 }
 
 /// A namespace's labels, for namespace selectors.
@@ -360,6 +413,32 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_cluster_dns_slice_reads_as_dns_pods_on_no_node() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.99.0.1"]}, {"addresses": ["junk"]}],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                      {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+        }))
+        .expect("slice");
+        let pods = dns_pods(&slice).expect("ipv4");
+        assert_eq!(pods.len(), 1);
+        let dns = &pods[0];
+        assert_eq!(dns.namespace, "kube-system");
+        assert_eq!(dns.ip, Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(
+            dns.labels.get("k8s-app").map(String::as_str),
+            Some("kube-dns")
+        );
+        assert_eq!(dns.node, "");
+        assert_eq!(dns.named_port("dns-tcp", Protocol::Tcp), Some(53));
+        let mut v6 = slice.clone();
+        v6.address_type = "IPv6".into();
+        assert_eq!(dns_pods(&v6), None);
     }
 
     #[test]

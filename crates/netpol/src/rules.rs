@@ -54,6 +54,10 @@ const MAX_CHAIN_NAME: usize = 255;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub pods: BTreeMap<(String, String), PodInfo>,
+    /// Addresses that policies select as if they were pods, though they
+    /// are not (the cluster DNS, see [`crate::model::dns_pods`]), keyed by
+    /// the object they come from.
+    pub host_pods: BTreeMap<(String, String), Vec<PodInfo>>,
     /// Namespace name to its labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub policies: BTreeMap<(String, String), Policy>,
@@ -225,6 +229,7 @@ fn selected_pods<'a>(state: &'a State, peer: &Peer) -> Vec<&'a PodInfo> {
     state
         .pods
         .values()
+        .chain(state.host_pods.values().flatten())
         .filter(|p| match namespaces {
             Namespaces::Own(ns) => &p.namespace == ns,
             Namespaces::Matching(sel) => state

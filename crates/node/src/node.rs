@@ -22,8 +22,10 @@ use skiff_runtime::ContainerRuntime;
 use crate::config::NodeConfig;
 use crate::machine::{self, MachineInfo};
 
-/// The version this agent reports as `kubeletVersion`.
-pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
+/// The version this agent reports as `kubeletVersion`: the API server's
+/// (`discovery::KUBERNETES_MINOR`), since a kubelet is never newer than its
+/// API server (the version skew policy).
+pub const KUBELET_VERSION: &str = "v1.32.0-skiff";
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 

@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::{SIMULATED_LABEL, SimConfig, Stats, ZONE_LABEL};
 
 /// What the kubelet of a simulated node reports as its version.
-pub const KUBELET_VERSION: &str = "v1.33.0-skiff-sim";
+pub const KUBELET_VERSION: &str = "v1.32.0-skiff-sim";
 
 /// A simulated node's capacity (also its allocatable).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,7 +61,7 @@ async fn publish(client: &kube::Client, cluster_dns: IpAddr, node_ip: IpAddr) ->
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kube-dns", "namespace": ns,
                      "labels": {"kubernetes.io/service-name": "kube-dns",
-                                "endpointslice.kubernetes.io/managed-by": "skiff-dns"}},
+                                "endpointslice.kubernetes.io/managed-by": skiff_netpol::model::DNS_MANAGED_BY}},
         "addressType": if node_ip.is_ipv4() { "IPv4" } else { "IPv6" },
         "endpoints": [{"addresses": [node_ip.to_string()],
                        "conditions": {"ready": true, "serving": true, "terminating": false}}],

@@ -14,8 +14,10 @@
 //!   namespace `other` by its `kubernetes.io/metadata.name` label, let
 //!   exactly those clients in again, by pod IP and through the service.
 //! - An egress policy with no rules cuts `front` off from everything,
-//!   while the others keep their access; deleting the policies restores
-//!   the open network.
+//!   while the others keep their access; one that allows egress to the
+//!   DNS pods only (`k8s-app: kube-dns` in `kube-system`) still lets a pod
+//!   on node-b resolve names, though skiff's DNS runs on node-a's host;
+//!   deleting the policies restores the open network.
 
 mod common;
 
@@ -100,6 +102,25 @@ spec:
   podSelector:
     matchLabels: {role: frontend}
   policyTypes: [Egress]
+"#;
+
+const DNS_ONLY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: dns-only
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - namespaceSelector:
+        matchLabels: {kubernetes.io/metadata.name: kube-system}
+      podSelector:
+        matchLabels: {k8s-app: kube-dns}
+    ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
 "#;
 
 /// (pod, namespace) of each client.
@@ -192,6 +213,26 @@ fn network_policies_allow_only_what_they_select_across_and_within_nodes() -> Res
     let lock = cluster.write("lock.yaml", LOCK_FRONT)?;
     cluster.ok(&["apply", "-f", path_str(&lock)?])?;
     expect_reach(&nodes, &by_ip, &["outsider"])?;
+
+    // Egress to the DNS pods only, the usual rule: skiff's DNS runs on
+    // node-a's host, yet `neighbour` on node-b still resolves names.
+    let dns_only = cluster.write("dns-only.yaml", DNS_ONLY)?;
+    cluster.ok(&["apply", "-f", path_str(&dns_only)?])?;
+    expect_reach(&nodes, &by_ip, &["outsider"])?;
+    let web_cluster_ip = cluster.cluster_ip("web")?;
+    nodes.eventually(
+        "neighbour (node-b) to resolve web through the DNS its policy allows",
+        Duration::from_secs(30),
+        || {
+            let (ok, out, err) =
+                nodes.in_pod("neighbour", &["lookup", "web.default.svc.cluster.local"])?;
+            Ok(if ok && out == web_cluster_ip {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            })
+        },
+    )?;
 
     cluster.ok(&["delete", "networkpolicy", "--all"])?;
     expect_reach(&nodes, &by_ip, &everyone)?;

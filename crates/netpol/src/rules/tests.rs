@@ -276,3 +276,58 @@ fn very_long_names_fall_back_to_an_indexed_chain() {
     let short = pod("shop", "web", "n1", "10.42.1.9", json!({}));
     assert_eq!(chain_name(Direction::Egress, &short, 3), "out/shop/web");
 }
+
+#[test]
+fn egress_to_the_dns_pods_reaches_the_cluster_dns_on_the_host_network() {
+    let mut s = state(vec![policy(
+        "shop",
+        "web-dns-only",
+        json!({
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Egress"],
+            "egress": [{
+                "to": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": "dns-tcp"}],
+            }],
+        }),
+    )]);
+    s.namespaces.insert(
+        "kube-system".into(),
+        [(
+            "kubernetes.io/metadata.name".to_string(),
+            "kube-system".to_string(),
+        )]
+        .into(),
+    );
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.99.0.1"]}],
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                  {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+    }))
+    .expect("slice");
+    s.host_pods.insert(
+        ("kube-system".into(), "kube-dns".into()),
+        crate::model::dns_pods(&slice).expect("dns pods"),
+    );
+    let table = Table::build(&s, "n1");
+    assert_eq!(
+        allow_lines(&table, "out/shop/web"),
+        vec![
+            "ip daddr { 10.99.0.1 } meta l4proto udp th dport 53 return",
+            "ip daddr { 10.99.0.1 } meta l4proto tcp th dport 53 return",
+        ]
+    );
+    // The DNS is never isolated itself, whatever selects it.
+    s.policies.clear();
+    let deny_dns = policy("kube-system", "deny", json!({"podSelector": {}}));
+    s.policies
+        .insert(("kube-system".into(), "deny".into()), deny_dns);
+    for node in ["n1", "n2", ""] {
+        assert!(Table::build(&s, node).chains.is_empty(), "{node}");
+    }
+}
