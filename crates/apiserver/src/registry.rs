@@ -2170,6 +2170,38 @@ pub async fn ensure_system_namespaces(state: &AppState) -> ApiResult<()> {
             Err(e) => return Err(e),
         }
     }
+    label_namespaces(state).await
+}
+
+/// Gives every namespace stored without its name label (written before the
+/// API server set it) the label, by writing it back unchanged: an update
+/// adds it (see `namespaces::prepare_update`).
+async fn label_namespaces(state: &AppState) -> ApiResult<()> {
+    let def = namespaces_def();
+    let all = list(state, def, None, &Params::default()).await?;
+    let items = all
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for ns in items {
+        if ns
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(crate::namespaces::NAME_LABEL))
+            .is_some()
+        {
+            continue;
+        }
+        let Some(name) = meta(&ns, "name") else {
+            continue;
+        };
+        match update(state, def, None, &name, None, ns, false, "skiff-apiserver").await {
+            Ok(_) => tracing::info!(namespace = %name, "labelled namespace with its name"),
+            // Someone else wrote it meanwhile, which labelled it too.
+            Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

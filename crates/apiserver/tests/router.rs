@@ -1526,3 +1526,42 @@ async fn a_watch_from_before_the_cache_window_catches_up_and_misses_nothing() ->
     ensure!(events[behind + 4]["object"]["metadata"]["name"] == "late4");
     Ok(())
 }
+
+/// A namespace stored before the API server labelled namespaces with their
+/// name (written straight into the store here) gets the label at start, so
+/// NetworkPolicy namespace selectors by name find it.
+#[tokio::test]
+async fn namespaces_stored_without_their_name_label_get_it_at_start() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let def = skiff_apiserver::resources::find("", "v1", "namespaces").context("namespaces")?;
+    let old = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "old", "uid": "0d6a4a52-7d4e-4f8e-9d0a-6c1f1c1e1e01",
+            "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {"team": "a"}},
+        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+    f.store
+        .create(
+            &def.key(None, "old"),
+            serde_json::to_vec(&old)?.into(),
+            Default::default(),
+        )
+        .await?;
+    let (status, body) = call_json(&f.app, "GET", "/api/v1/namespaces/old", None).await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    ensure!(
+        body["metadata"]["labels"]
+            .get("kubernetes.io/metadata.name")
+            .is_none(),
+        "already labelled: {body}"
+    );
+
+    // What the server does at start.
+    let state = AppState::new(f.store.clone(), Some(TOKEN.into()), "127.0.0.1:6443".into());
+    skiff_apiserver::registry::ensure_system_namespaces(&state).await?;
+    let (status, body) = call_json(&f.app, "GET", "/api/v1/namespaces/old", None).await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    ensure!(
+        body["metadata"]["labels"] == json!({"team": "a", "kubernetes.io/metadata.name": "old"}),
+        "labels after start: {body}"
+    );
+    Ok(())
+}
