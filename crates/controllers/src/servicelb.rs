@@ -23,11 +23,11 @@
 //! ingress (with a `PortInUse` warning) until the port is free. Two
 //! services given the same address and port would also make every node's
 //! proxy fail its rule transaction. For the same reason a load balancer
-//! never gets a port the nodes' own daemons listen on at those addresses:
-//! the API server's (the `default/kubernetes` service's target port) and
-//! the kubelet's (`status.daemonEndpoints`). Every node's proxy would
-//! capture `<node address>:6443` and cut the agents off from the API
-//! server.
+//! never gets a port the node addresses already serve: the API server's
+//! (the `default/kubernetes` service's target port), the kubelet's
+//! (`status.daemonEndpoints`) and other services' node ports. Every node's
+//! proxy would capture `<node address>:6443` and cut the agents off from
+//! the API server.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,13 +235,13 @@ fn age_key(service: &Service) -> (bool, Option<jiff::Timestamp>, String, String)
 
 /// The pure port rule. Managed services are served in [`age_key`] order; each
 /// takes its ports unless one is already taken or `reserved` (see
-/// [`daemon_ports`]), in which case it takes none. Returns who holds a port `service` wants, as
+/// [`reserved_ports`]), in which case it takes none. Returns who holds a port `service` wants, as
 /// `(namespace/name, PORT/PROTOCOL)`, or `None` when `service` gets its
 /// ports (or is not managed). `others` may include `service` itself.
 pub fn port_holder<'a, S: Borrow<Service> + 'a>(
     service: &Service,
     others: impl IntoIterator<Item = &'a S>,
-    reserved: &BTreeMap<(String, i32), &str>,
+    reserved: &BTreeMap<(String, i32), String>,
 ) -> Option<(String, String)> {
     if !is_managed(service) {
         return None;
@@ -285,33 +285,46 @@ pub fn port_holder<'a, S: Borrow<Service> + 'a>(
 /// The service that points at the API servers.
 const API_SERVICE: (&str, &str) = ("default", "kubernetes");
 
-/// The `(protocol, port)` pairs the nodes' own daemons listen on, each
-/// with who listens: the API server's target ports (from the
-/// `default/kubernetes` service among `services`) and every kubelet's
-/// port.
-pub fn daemon_ports<'a, S: Borrow<Service> + 'a, N: Borrow<Node>>(
+/// The `(protocol, port)` pairs the nodes' addresses already serve, each
+/// with who serves it: the API server's target ports (from the
+/// `default/kubernetes` service among `services`), every kubelet's port,
+/// and the node ports of the services (every node's proxy captures those
+/// on the node addresses too).
+pub fn reserved_ports<'a, S: Borrow<Service> + 'a, N: Borrow<Node>>(
     services: impl IntoIterator<Item = &'a S>,
     nodes: &[N],
-) -> BTreeMap<(String, i32), &'static str> {
+) -> BTreeMap<(String, i32), String> {
     let mut out = BTreeMap::new();
-    let api = services
-        .into_iter()
-        .map(Borrow::borrow)
-        .find(|s| s.namespace().as_deref() == Some(API_SERVICE.0) && s.name_any() == API_SERVICE.1);
-    let api_ports = api
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.ports.as_ref())
-        .into_iter()
-        .flatten();
-    for p in api_ports {
-        let port = match &p.target_port {
-            Some(IntOrString::Int(port)) => *port,
-            // A named target port is resolved by the endpoints; the
-            // service port stands in.
-            _ => p.port,
-        };
-        let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-        out.insert((proto, port), "the API server");
+    for svc in services.into_iter().map(Borrow::borrow) {
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten();
+        let is_api =
+            svc.namespace().as_deref() == Some(API_SERVICE.0) && svc.name_any() == API_SERVICE.1;
+        for p in ports {
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            if is_api {
+                let port = match &p.target_port {
+                    Some(IntOrString::Int(port)) => *port,
+                    // A named target port is resolved by the endpoints;
+                    // the service port stands in.
+                    _ => p.port,
+                };
+                out.insert((proto.clone(), port), "the API server".to_string());
+            }
+            if let Some(node_port) = p.node_port.filter(|n| *n > 0) {
+                out.entry((proto, node_port)).or_insert_with(|| {
+                    format!(
+                        "the node port of service {}/{}",
+                        svc.namespace().unwrap_or_default(),
+                        svc.name_any()
+                    )
+                });
+            }
+        }
     }
     for node in nodes {
         let port = node
@@ -324,15 +337,16 @@ pub fn daemon_ports<'a, S: Borrow<Service> + 'a, N: Borrow<Node>>(
             .filter(|p| *p > 0);
         if let Some(port) = port {
             out.entry(("TCP".to_string(), port))
-                .or_insert("the kubelet");
+                .or_insert_with(|| "the kubelet".to_string());
         }
     }
     out
 }
 
-/// Who holds a port `service` wants: a node daemon (see [`daemon_ports`])
-/// or, by the port rule ([`port_holder`]), another load balancer; as
-/// `(who, PORT/PROTOCOL)`.
+/// Who holds a port `service` wants: the nodes themselves (see
+/// [`reserved_ports`]; the service's own node ports aside) or, by the port
+/// rule ([`port_holder`]), another load balancer; as `(who,
+/// PORT/PROTOCOL)`.
 fn port_taken<N: Borrow<Node>>(
     service: &Service,
     services: &[Arc<Service>],
@@ -341,16 +355,21 @@ fn port_taken<N: Borrow<Node>>(
     if !is_managed(service) {
         return None;
     }
-    let daemons = daemon_ports(services.iter().map(|s| &**s), nodes);
+    let me = (service.namespace(), service.name_any());
+    let others = services
+        .iter()
+        .filter(|s| (s.namespace(), s.name_any()) != me)
+        .map(|s| &**s);
+    let reserved = reserved_ports(others, nodes);
     lb_ports(service)
         .into_iter()
         .find_map(|p| {
-            daemons
+            reserved
                 .get(&p)
-                .map(|who| (who.to_string(), format!("{}/{}", p.1, p.0)))
+                .map(|who| (who.clone(), format!("{}/{}", p.1, p.0)))
         })
         .or_else(|| {
-            port_holder(service, services.iter().map(|s| &**s), &daemons)
+            port_holder(service, services.iter().map(|s| &**s), &reserved)
                 .map(|(by, port)| (format!("load balancer service {by}"), port))
         })
 }
@@ -1009,6 +1028,28 @@ mod tests {
                 "443/TCP".to_string()
             ))
         );
+
+        // Another service's node port is taken on every node address; the
+        // service's own node port is not in its way.
+        let with_node_port = |name: &str, created: i64, port: i32, node_port: i32| {
+            let mut svc = lb_service(name, created, &[(port, "TCP")]);
+            if let Some(p) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+                p[0].node_port = Some(node_port);
+            }
+            Arc::new(svc)
+        };
+        let np = with_node_port("np", 50, 80, 30080);
+        let on_node_port = Arc::new(lb_service("on-node-port", 400, &[(30080, "TCP")]));
+        let own = with_node_port("own", 400, 30081, 30081);
+        all.extend([np, on_node_port.clone(), own.clone()]);
+        assert_eq!(
+            port_taken(&on_node_port, &all, &nodes),
+            Some((
+                "the node port of service default/np".to_string(),
+                "30080/TCP".to_string()
+            ))
+        );
+        assert_eq!(port_taken(&own, &all, &nodes), None);
     }
 
     #[test]
