@@ -337,6 +337,35 @@ impl RuntimeService for CriClient {
         r.map_err(status_err("UpdateRuntimeConfig", &self.endpoint))
             .map(|_| ())
     }
+
+    async fn network_ready(&self) -> std::result::Result<(), String> {
+        let r = self
+            .runtime
+            .clone()
+            .status(cri::StatusRequest { verbose: false })
+            .await;
+        match r {
+            Ok(r) => network_condition(r.into_inner().status.as_ref()),
+            Err(e) => Err(format!("the runtime's status is unknown: {}", e.message())),
+        }
+    }
+}
+
+/// The kubelet's reading of the CRI `Status`: the network is ready only
+/// when the runtime reports a `NetworkReady` condition that is true (a
+/// missing condition counts as not ready). `Err` holds the runtime's
+/// message (its reason when it gave none).
+fn network_condition(status: Option<&cri::RuntimeStatus>) -> std::result::Result<(), String> {
+    let condition = status
+        .into_iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.r#type == "NetworkReady");
+    match condition {
+        Some(c) if c.status => Ok(()),
+        Some(c) if !c.message.is_empty() => Err(c.message.clone()),
+        Some(c) => Err(c.reason.clone()),
+        None => Err("the runtime reports no NetworkReady condition".into()),
+    }
 }
 
 #[async_trait]
@@ -409,6 +438,38 @@ impl ImageService for CriClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_is_ready_only_when_the_runtime_says_so() {
+        let condition =
+            |type_: &str, status: bool, reason: &str, message: &str| cri::RuntimeCondition {
+                r#type: type_.into(),
+                status,
+                reason: reason.into(),
+                message: message.into(),
+            };
+        let with = |conditions| cri::RuntimeStatus { conditions };
+        let runtime_only = with(vec![condition("RuntimeReady", true, "", "")]);
+        let ready = with(vec![
+            condition("RuntimeReady", true, "", ""),
+            condition("NetworkReady", true, "", ""),
+        ]);
+        let not_ready = with(vec![condition(
+            "NetworkReady",
+            false,
+            "NetworkPluginNotReady",
+            "cni plugin not initialized",
+        )]);
+        let bare = with(vec![condition("NetworkReady", false, "NoCNI", "")]);
+        assert_eq!(network_condition(Some(&ready)), Ok(()));
+        assert_eq!(
+            network_condition(Some(&not_ready)),
+            Err("cni plugin not initialized".into())
+        );
+        assert_eq!(network_condition(Some(&bare)), Err("NoCNI".into()));
+        assert!(network_condition(Some(&runtime_only)).is_err());
+        assert!(network_condition(None).is_err());
+    }
 
     #[test]
     fn timeouts_round_up_to_whole_seconds() {

@@ -147,6 +147,14 @@ async fn cri_client_runs_a_host_network_pod_on_containerd() {
         .expect("connect");
     let version = client.version().await.expect("version");
     assert_eq!(version.runtime_name, "containerd");
+    // This containerd has no CNI configuration, so its NetworkReady
+    // condition is false: the node agent reports the node not Ready
+    // (host-network pods still run).
+    let network = client.network_ready().await;
+    assert!(
+        network.as_ref().is_err_and(|m| m.contains("cni")),
+        "NetworkReady of a containerd without CNI: {network:?}"
+    );
 
     let spec = |image: &str| cri::ImageSpec {
         image: image.into(),
