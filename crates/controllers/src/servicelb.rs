@@ -235,7 +235,9 @@ fn age_key(service: &Service) -> (bool, Option<jiff::Timestamp>, String, String)
 
 /// The pure port rule. Managed services are served in [`age_key`] order; each
 /// takes its ports unless one is already taken or `reserved` (see
-/// [`reserved_ports`]), in which case it takes none. Returns who holds a port `service` wants, as
+/// [`reserved_ports`]; those win even over a balancer that had the port
+/// first, since they are what the node addresses serve), in which case it
+/// takes none. Returns who holds a port `service` wants, as
 /// `(namespace/name, PORT/PROTOCOL)`, or `None` when `service` gets its
 /// ports (or is not managed). `others` may include `service` itself.
 pub fn port_holder<'a, S: Borrow<Service> + 'a>(

@@ -154,14 +154,16 @@ where
         .boxed()
 }
 
-/// A watch of the cluster DNS's EndpointSlices (see [`model::dns_pods`]).
+/// A watch of the cluster DNS's EndpointSlice (see [`model::dns_pods`]),
+/// in `kube-system` only: a slice elsewhere with the same label does not
+/// make its addresses DNS pods.
 fn dns_slice_events(client: &kube::Client) -> Events<EndpointSlice> {
     let selector = format!(
         "endpointslice.kubernetes.io/managed-by={}",
         model::DNS_MANAGED_BY
     );
     watcher(
-        Api::<EndpointSlice>::all(client.clone()),
+        Api::<EndpointSlice>::namespaced(client.clone(), model::DNS_NAMESPACE),
         watcher::Config::default().labels(&selector),
     )
     .default_backoff()

@@ -87,6 +87,9 @@ impl PodInfo {
 /// (`endpointslice.kubernetes.io/managed-by`).
 pub const DNS_MANAGED_BY: &str = "skiff-dns";
 
+/// Where the cluster DNS's EndpointSlice lives.
+pub const DNS_NAMESPACE: &str = "kube-system";
+
 /// The labels upstream's cluster DNS pods carry (CoreDNS's).
 pub const DNS_POD_LABELS: [(&str, &str); 1] = [("k8s-app", "kube-dns")];
 

@@ -40,11 +40,11 @@
 //!   ready endpoints (`no-endpoint-services`, `no-endpoint-nodeports`), so
 //!   clients are refused at once instead of timing out;
 //!   `internalTrafficPolicy: Local` with no local endpoint drops instead, as
-//!   in Kubernetes (the external policy drops in `external-…`). After DNAT,
-//!   traffic
-//!   still addressed to a cluster IP (an unknown port) or to an unallocated
-//!   address of the service CIDR is rejected as well (kube-proxy drops the
-//!   latter; refusing makes a deleted service fail fast).
+//!   in Kubernetes (the external policy drops in `external-…`). After
+//!   DNAT, traffic still addressed to a cluster IP (an unknown port) or to
+//!   an unallocated address of the service CIDR is rejected as well
+//!   (kube-proxy drops the latter; refusing makes a deleted service fail
+//!   fast).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -10,12 +10,12 @@
 //!   against what was last written, so a change to one service rewrites
 //!   that service's chains and elements and nothing else.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-
-use crate::claims::{ClaimUpdate, Claims};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::claims::{ClaimUpdate, Claims};
 use crate::metrics::{SyncMetrics, SyncSample};
 use crate::model::{ServiceInfo, ServiceName, SliceInfo};
 use crate::nft::{Nft, NftError};
@@ -336,7 +336,7 @@ impl<N: Nft> Syncer<N> {
             wanted.insert(name, rules);
         }
         for name in affected {
-            if let std::collections::btree_map::Entry::Vacant(slot) = wanted.entry(name) {
+            if let Entry::Vacant(slot) = wanted.entry(name) {
                 let rules = self.desired(slot.key());
                 slot.insert(rules);
             }

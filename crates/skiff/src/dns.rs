@@ -30,7 +30,7 @@ pub async fn run(client: kube::Client, cluster_dns: IpAddr, node_ip: IpAddr) -> 
 }
 
 async fn publish(client: &kube::Client, cluster_dns: IpAddr, node_ip: IpAddr) -> Result<()> {
-    let ns = "kube-system";
+    let ns = skiff_netpol::model::DNS_NAMESPACE;
     let params = PatchParams::apply(MANAGER).force();
     let ports = json!([
         {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
