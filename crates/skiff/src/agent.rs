@@ -37,8 +37,12 @@ pub struct AgentOptions {
     pub container_runtime_endpoint: Option<String>,
     /// How pods reach pods on other nodes.
     pub overlay: skiff_node::routes::Overlay,
-    /// The service range the proxy routes (`None`: no service proxy).
-    pub service_cidr: Option<String>,
+    /// The service range: the node routes it to the pod bridge (so the
+    /// node itself reaches ClusterIPs) whether or not it runs the proxy.
+    pub service_cidr: String,
+    /// Run the service proxy (else another one, such as `skiff proxy`,
+    /// programs the node).
+    pub kube_proxy: bool,
     /// Enforce NetworkPolicies on this node's pods.
     pub network_policy: bool,
     /// Rotation of containers' log files.
@@ -58,7 +62,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
         .with_context(|| format!("creating {}", agent_dir.display()))?;
     let node_name = match &opts.node_name {
         Some(n) => n.clone(),
-        None => hostname(),
+        None => default_node_name(),
     };
     let node_ip = opts.node_ip.unwrap_or_else(default_node_ip);
     let runtime = runtime(&opts, &agent_dir, &node_name).await?;
@@ -89,7 +93,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<()> {
         opts.overlay,
     ));
     let _routes = AbortOnDrop(routes);
-    let _proxy = match &opts.service_cidr {
+    let _proxy = match opts.kube_proxy.then_some(&opts.service_cidr) {
         Some(service_cidr) => {
             let config = skiff_proxy::ProxyConfig::new(
                 node_name.clone(),
@@ -139,15 +143,14 @@ async fn runtime(
         .cluster_cidr
         .parse()
         .with_context(|| format!("--cluster-cidr {} is not an IPv4 range", opts.cluster_cidr))?;
-    let mut network =
-        skiff_node::podnet::BridgeNetwork::new(node_name, cluster_cidr, agent_dir.join("network"));
-    if let Some(service_cidr) = &opts.service_cidr {
-        network = network.with_service_cidr(
-            service_cidr
-                .parse()
-                .with_context(|| format!("--service-cidr {service_cidr} is not an IPv4 range"))?,
-        );
-    }
+    let service_cidr = &opts.service_cidr;
+    let network =
+        skiff_node::podnet::BridgeNetwork::new(node_name, cluster_cidr, agent_dir.join("network"))
+            .with_service_cidr(
+                service_cidr.parse().with_context(|| {
+                    format!("--service-cidr {service_cidr} is not an IPv4 range")
+                })?,
+            );
     let mut config = skiff_runtime::BuiltinConfig::new(agent_dir.join("runtime"));
     config.zygote = MONITOR_ZYGOTE.get().cloned();
     config.pull.registries = skiff_runtime::Registries::load(&opts.private_registry)
@@ -204,7 +207,9 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
-fn hostname() -> String {
+/// The node name an agent registers without `--node-name`: the host name,
+/// lowercased (node names are DNS subdomains).
+pub(crate) fn default_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_lowercase())
         .unwrap_or_else(|_| "skiff-node".into())

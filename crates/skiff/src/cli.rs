@@ -29,6 +29,10 @@ pub enum Command {
     Scheduler(ComponentArgs),
     /// Run only the controller manager, against any cluster a kubeconfig points at.
     ControllerManager(ControllerManagerArgs),
+    /// Run only the service proxy for one node (what every agent runs
+    /// unless --disable-kube-proxy), against any cluster a kubeconfig
+    /// points at.
+    Proxy(ProxyArgs),
     /// Run benchmarks and print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -268,7 +272,8 @@ impl NodeArgs {
             token,
             container_runtime_endpoint: self.container_runtime_endpoint.clone(),
             overlay: self.flannel_backend,
-            service_cidr: (!self.disable_kube_proxy).then(|| service_cidr.to_string()),
+            service_cidr: service_cidr.to_string(),
+            kube_proxy: !self.disable_kube_proxy,
             network_policy: !self.disable_network_policy,
             private_registry: self.private_registry.clone(),
         })
@@ -298,6 +303,47 @@ pub struct ControllerManagerArgs {
     /// Toleration of not-ready/unreachable for pods that declare none.
     #[arg(long, default_value_t = 300)]
     pub default_not_ready_toleration_seconds: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub component: ComponentArgs,
+    /// The node this proxy runs on (endpoints on it are local); the host
+    /// name, lowercased, as an agent registers without --node-name.
+    #[arg(long = "hostname-override", visible_alias = "node-name")]
+    pub hostname_override: Option<String>,
+    /// The pod range: traffic to a cluster IP from outside it is
+    /// masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// The service range: addresses in it that are no service are refused.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Addresses that accept node ports (comma-separated); every local
+    /// address but loopback when empty.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<std::net::Ipv4Addr>,
+}
+
+impl ProxyArgs {
+    pub fn config(&self) -> Result<skiff_proxy::ProxyConfig> {
+        let node = self
+            .hostname_override
+            .clone()
+            .unwrap_or_else(crate::agent::default_node_name);
+        let mut config = skiff_proxy::ProxyConfig::new(
+            node,
+            self.cluster_cidr.parse().with_context(|| {
+                format!("--cluster-cidr {} is not an IPv4 range", self.cluster_cidr)
+            })?,
+            self.service_cidr.parse().with_context(|| {
+                format!("--service-cidr {} is not an IPv4 range", self.service_cidr)
+            })?,
+        );
+        config.nodeport_addresses = self.nodeport_addresses.clone();
+        Ok(config)
+    }
 }
 
 impl ControllerManagerArgs {
@@ -554,6 +600,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await;
             Ok(())
+        }
+        Command::Proxy(args) => {
+            let config = args.config()?;
+            let client = skiff_client::client_from_kubeconfig(&args.component.kubeconfig).await?;
+            tracing::info!(node = %config.node_name, "service proxy starting");
+            tokio::select! {
+                result = skiff_proxy::run(client, config) => result.context("the service proxy stopped"),
+                () = shutdown_signal() => Ok(()),
+            }
         }
         Command::ControllerManager(args) => {
             let config = args.config()?;

@@ -14,10 +14,11 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{Cluster, path_str};
+use common::{Cluster, Netns, path_str, stop};
 
 const WEB: &str = r#"
 apiVersion: apps/v1
@@ -608,5 +609,71 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
     // And kubectl shows no external IP any more.
     let row = cluster.ok(&["get", "service", "lb-web", "--no-headers"])?;
     ensure!(row.split_whitespace().nth(3) == Some("<none>"), "{row:?}");
+    Ok(())
+}
+
+const WEB_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#;
+
+#[test]
+fn skiff_proxy_alone_programs_a_node_whose_agent_runs_no_proxy() -> Result<()> {
+    let cluster = Cluster::start_in(Netns::create("kproxy")?, &["--disable-kube-proxy"])?;
+    let file = cluster.write("web.yaml", &format!("{WEB}---{WEB_SERVICE}"))?;
+    cluster.ok(&["apply", "-f", path_str(&file)?])?;
+    cluster.ok(&["rollout", "status", "deployment/web", "--timeout=120s"])?;
+    let url = format!("http://{}:80/hostname", cluster.cluster_ip("web")?);
+    let table = || {
+        cluster
+            .netns
+            .command("nft")
+            .args(["list", "table", "ip", "skiff-proxy"])
+            .output()
+    };
+    ensure!(
+        !table()?.status.success(),
+        "a proxy table exists although the agent runs no proxy"
+    );
+    let (ok, body, _) = cluster.netns.http_get(&url)?;
+    ensure!(!ok, "{url} answered without a proxy: {body}");
+
+    let log = std::fs::File::create(cluster.dir.path().join("proxy.log"))?;
+    let mut proxy = cluster
+        .netns
+        .command(env!("CARGO_BIN_EXE_skiff"))
+        .args(["proxy", "--kubeconfig"])
+        .arg(&cluster.server.kubeconfig)
+        .args(["--hostname-override", "node-a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting skiff proxy")?;
+    let reached = (|| -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, body, err) = cluster.netns.http_get(&url)?;
+            if ok {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{url} never answered through skiff proxy: {body}{err}\n{}",
+                    std::fs::read_to_string(cluster.dir.path().join("proxy.log"))
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })();
+    stop(&mut proxy);
+    let body = reached?;
+    ensure!(body.starts_with("web-"), "{url} answered {body:?}");
     Ok(())
 }
