@@ -140,6 +140,7 @@ fn synthetic_service(i: usize) -> (ServiceName, ServiceInfo) {
             internal_local: false,
             load_balancer_ips: Vec::new(),
             external_ips: Vec::new(),
+            health_check_node_port: None,
             created: None,
         },
     )

@@ -24,6 +24,7 @@
 
 pub mod bench;
 pub mod claims;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod nft;
@@ -42,6 +43,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
+pub use health::HealthServers;
 pub use ipnet::Ipv4Net;
 pub use metrics::{SyncMetrics, SyncSample};
 pub use model::{ServiceInfo, ServiceName, SliceInfo};
@@ -162,6 +164,7 @@ impl Proxy {
             metrics,
         } = self;
         let nft = NftCli::new(config.host_netns.clone());
+        let mut health = HealthServers::new(config.host_netns.clone());
         let mut syncer = Syncer::new(
             config.rule_config(),
             nft,
@@ -242,7 +245,11 @@ impl Proxy {
                 }
                 _ = tokio::time::sleep_until(next_sync), if can_sync => {
                     let started = tokio::time::Instant::now();
-                    match syncer.sync().await {
+                    let result = syncer.sync().await;
+                    // Health checks follow what the proxy knows, whether or
+                    // not the rules were written.
+                    health.update(syncer.health_checks()).await;
+                    match result {
                         Ok(_) => {
                             retry = Duration::ZERO;
                             next_sync = started + config.min_sync_period;

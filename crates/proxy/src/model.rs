@@ -99,6 +99,10 @@ pub struct ServiceInfo {
     /// as to a load-balancer address (kube-proxy captures them in every
     /// service type but ExternalName).
     pub external_ips: Vec<Ipv4Addr>,
+    /// `spec.healthCheckNodePort` of a LoadBalancer service with
+    /// `externalTrafficPolicy: Local`: the proxy answers health checks
+    /// there (see [`crate::health`]).
+    pub health_check_node_port: Option<u16>,
     /// `metadata.creationTimestamp` in seconds since the epoch: when two
     /// services claim one address and port, the older one gets it.
     pub created: Option<i64>,
@@ -178,14 +182,20 @@ impl ServiceInfo {
                 .filter(|t| *t > 0)
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS)
         });
+        let external_local = node_ports && spec.external_traffic_policy.as_deref() == Some("Local");
+        let health_check_node_port = spec
+            .health_check_node_port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| type_ == "LoadBalancer" && external_local && *p != 0);
         Some(Self {
             cluster_ip,
             ports,
             affinity_timeout,
-            external_local: node_ports && spec.external_traffic_policy.as_deref() == Some("Local"),
+            external_local,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             load_balancer_ips,
             external_ips,
+            health_check_node_port,
             created: service
                 .metadata
                 .creation_timestamp
@@ -381,6 +391,22 @@ mod tests {
         let bare = service(json!({"clusterIP": "None", "externalIPs": ["10.99.0.9"],
             "ports": [{"port": 80}]}));
         assert!(ServiceInfo::from_service(&bare).is_some());
+    }
+
+    #[test]
+    fn a_health_check_node_port_is_kept_only_for_local_load_balancers() {
+        let cases = [
+            ("LoadBalancer", "Local", Some(32000)),
+            ("LoadBalancer", "Cluster", None),
+            ("NodePort", "Local", None),
+        ];
+        for (type_, policy, want) in cases {
+            let svc = service(json!({"type": type_, "clusterIP": "10.43.0.5",
+                "externalTrafficPolicy": policy, "healthCheckNodePort": 32000,
+                "ports": [{"port": 80, "nodePort": 30080}]}));
+            let info = ServiceInfo::from_service(&svc).expect(type_);
+            assert_eq!(info.health_check_node_port, want, "{type_} {policy}");
+        }
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //!   that service's chains and elements and nothing else.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::claims::{ClaimUpdate, Claims};
+use crate::health::{HealthCheck, HealthChecks};
 use crate::metrics::{SyncMetrics, SyncSample};
 use crate::model::{ServiceInfo, ServiceName, SliceInfo};
 use crate::nft::{Nft, NftError};
@@ -203,6 +204,34 @@ impl<N: Nft> Syncer<N> {
             .map(|s| s.values().collect())
             .unwrap_or_default();
         Some(service_rules(name, info, &slices, &self.config))
+    }
+
+    /// The health check ports of the services that have one, each with
+    /// the service's ready endpoints on this node (distinct addresses).
+    pub fn health_checks(&self) -> HealthChecks {
+        let mut out = HealthChecks::new();
+        for (name, info) in &self.services {
+            let Some(port) = info.health_check_node_port else {
+                continue;
+            };
+            let local: BTreeSet<_> = self
+                .slices
+                .get(name)
+                .into_iter()
+                .flat_map(|s| s.values())
+                .flat_map(|s| &s.endpoints)
+                .filter(|e| e.ready && e.node_name.as_deref() == Some(&self.config.node_name))
+                .map(|e| e.ip)
+                .collect();
+            out.insert(
+                port,
+                HealthCheck {
+                    service: name.clone(),
+                    local_endpoints: local.len(),
+                },
+            );
+        }
+        out
     }
 
     fn created(&self, name: &ServiceName) -> Option<i64> {

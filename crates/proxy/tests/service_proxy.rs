@@ -10,7 +10,7 @@ use anyhow::{Context, ensure};
 use common::{
     BACKEND_PORT, CLUSTER_IP, Node, OUTSIDE_NODE_IP, answers, api_server, connect_many,
     create_named_service, create_named_slice, create_service, create_slice, delete_service,
-    privileged, run_in, sock, start_proxy, update_slice, wait_until,
+    http_get, privileged, run_in, sock, start_proxy, update_slice, wait_until,
 };
 use serde_json::json;
 
@@ -356,4 +356,73 @@ fn external_traffic_policy_local_without_a_local_endpoint_serves_pods_and_drops_
         ensure!(metrics.errors() == 0, "{} failed syncs", metrics.errors());
         Ok(())
     })
+}
+
+#[test]
+fn a_local_load_balancer_answers_its_health_check_port_with_the_local_endpoints()
+-> anyhow::Result<()> {
+    if !privileged() {
+        return Ok(());
+    }
+    let net = Node::new(&["pod-a"])?;
+    let a = net.pod("pod-a").ip;
+    run_in(&net.node.path, || async {
+        let api = api_server().await?;
+        let (_metrics, proxy) = start_proxy(api.client.clone(), &net.node)?;
+        create_service(
+            &api.client,
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 32100,
+                "ports": [{"name": "http", "port": 80, "targetPort": BACKEND_PORT,
+                    "protocol": "TCP", "nodePort": 30082}]}),
+        )
+        .await?;
+        let svc = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+            api.client.clone(),
+            "default",
+        )
+        .get("web")
+        .await?;
+        let port = svc
+            .spec
+            .and_then(|s| s.health_check_node_port)
+            .context("no healthCheckNodePort")?;
+        let port = u16::try_from(port)?;
+        let check = sock(OUTSIDE_NODE_IP, port);
+        // The endpoint runs here: 200 with one local endpoint.
+        create_slice(&api.client, &[(a, true)]).await?;
+        let body = health_answer(&net.outside.path, check, 200).await?;
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        ensure!(
+            body == json!({"service": {"namespace": "default", "name": "web"},
+                "localEndpoints": 1, "serviceProxyHealthy": true}),
+            "{body}"
+        );
+        // Not ready any more: 503 with none.
+        update_slice(&api.client, &[(a, false)]).await?;
+        let body = health_answer(&net.outside.path, check, 503).await?;
+        ensure!(body.contains(r#""localEndpoints":0"#), "{body}");
+        ensure!(!proxy.is_finished(), "proxy stopped: {:?}", proxy);
+        Ok(())
+    })
+}
+
+/// Polls the health check at `addr` from `netns` until it answers
+/// `status`; returns the body.
+async fn health_answer(
+    netns: &std::path::Path,
+    addr: std::net::SocketAddrV4,
+    status: u16,
+) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        let last = http_get(netns, addr).await;
+        match &last {
+            Ok((got, body)) if *got == status => return Ok(body.clone()),
+            _ if start.elapsed() > SYNC => {
+                anyhow::bail!("{addr} did not answer {status} within {SYNC:?}: {last:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -28,6 +28,7 @@ fn service() -> ServiceInfo {
         internal_local: false,
         load_balancer_ips: Vec::new(),
         external_ips: Vec::new(),
+        health_check_node_port: None,
         created: None,
     }
 }

@@ -64,6 +64,7 @@ fn svc(i: u8) -> (ServiceName, ServiceInfo) {
             internal_local: false,
             load_balancer_ips: Vec::new(),
             external_ips: Vec::new(),
+            health_check_node_port: None,
             created: None,
         },
     )
@@ -381,4 +382,37 @@ fn two_services_with_one_external_ip_and_port_give_it_to_the_older_until_it_goes
     let script = fake.take().remove(0);
     assert_eq!(element_lines(&script, "10.99.0.1 . tcp . 80").len(), 1);
     assert_eq!(element_lines(&script, "10.43.0.2 . tcp . 80").len(), 1);
+}
+
+#[test]
+fn health_checks_count_the_ready_endpoints_on_this_node() {
+    let (mut s, _fake) = syncer_with(2);
+    let now = Instant::now();
+    let (name, mut info) = svc(1);
+    info.health_check_node_port = Some(32000);
+    s.set_service(name.clone(), Some(info), now);
+    let (_, mut slice_info) = slice(1, &[true, true, false]);
+    // Two ready endpoints here, one of them listed twice (two slices),
+    // one unready here, and one ready on another node.
+    for (e, node) in slice_info
+        .endpoints
+        .iter_mut()
+        .zip(["node-a", "node-a", "node-a"])
+    {
+        e.node_name = Some(node.into());
+    }
+    let mut other = slice_info.clone();
+    other.endpoints[0].node_name = Some("node-b".into());
+    other.endpoints[0].ip = std::net::Ipv4Addr::new(10, 42, 9, 9);
+    s.set_slice("default", "svc1-x", Some((name.clone(), slice_info)), now);
+    s.set_slice("default", "svc1-y", Some((name.clone(), other)), now);
+    let checks = s.health_checks();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(
+        checks.get(&32000),
+        Some(&HealthCheck {
+            service: name,
+            local_endpoints: 2
+        })
+    );
 }

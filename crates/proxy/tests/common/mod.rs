@@ -218,6 +218,36 @@ fn connect_once(addr: SocketAddrV4) -> std::io::Result<String> {
     Ok(name)
 }
 
+/// `GET /healthz` from `netns` to `addr`: the status code and the body.
+pub async fn http_get(netns: &Path, addr: SocketAddrV4) -> anyhow::Result<(u16, String)> {
+    let path = netns.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
+            enter(&path).context("enter client netns")?;
+            let mut conn =
+                TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)?;
+            let status = reply
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .with_context(|| format!("no status line in {reply:?}"))?;
+            let body = reply
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            Ok((status, body))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+    })
+    .await?
+}
+
 /// Names that answered, counted; fails on any connection error.
 pub async fn answers(
     netns: &Path,
