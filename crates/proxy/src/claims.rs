@@ -140,7 +140,8 @@ impl Claims {
     }
 
     /// The owner of `key`.
-    pub fn owner(&self, key: &ClaimKey) -> Option<&ServiceName> {
+    #[cfg(test)]
+    fn owner(&self, key: &ClaimKey) -> Option<&ServiceName> {
         self.by_key.get(key).and_then(|c| c.first()).map(|(_, n)| n)
     }
 
@@ -157,7 +158,8 @@ impl Claims {
     }
 
     /// Keys claimed by more than one service.
-    pub fn contested(&self) -> usize {
+    #[cfg(test)]
+    fn contested(&self) -> usize {
         self.by_key.values().filter(|c| c.len() > 1).count()
     }
 }

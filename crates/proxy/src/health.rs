@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -82,10 +82,7 @@ impl HealthServers {
             .filter(|p| !self.listeners.contains_key(p))
             .copied()
             .collect();
-        match self.checks.write() {
-            Ok(mut shared) => *shared = checks,
-            Err(poisoned) => *poisoned.into_inner() = checks,
-        }
+        *self.checks.write().unwrap_or_else(PoisonError::into_inner) = checks;
         for port in wanted {
             match bind(self.netns.clone(), port).await {
                 Ok(listener) => {
@@ -151,10 +148,11 @@ async fn serve(listener: tokio::net::TcpListener, port: u16, checks: Arc<RwLock<
 }
 
 fn respond(checks: &RwLock<HealthChecks>, port: u16) -> Response {
-    let check = match checks.read() {
-        Ok(c) => c.get(&port).cloned(),
-        Err(poisoned) => poisoned.into_inner().get(&port).cloned(),
-    };
+    let check = checks
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&port)
+        .cloned();
     let Some(check) = check else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };

@@ -47,6 +47,9 @@ pub struct Syncer<N: Nft> {
     written: HashMap<ServiceName, ServiceRules>,
     /// Which service owns each map key of what was written.
     claims: Claims,
+    /// Services with a health check port (see [`Syncer::health_checks`]),
+    /// so that a sync does not look through every service for them.
+    health_checked: BTreeSet<ServiceName>,
     /// Users of each hairpin element of what was written.
     hairpin: HairpinRefs,
     /// Services changed since the last sync, with the time of the first
@@ -69,6 +72,7 @@ impl<N: Nft> Syncer<N> {
             slice_owner: HashMap::new(),
             written: HashMap::new(),
             claims: Claims::default(),
+            health_checked: BTreeSet::new(),
             hairpin: HairpinRefs::default(),
             dirty: HashMap::new(),
             full: Some(FullSync::Recreate),
@@ -90,6 +94,14 @@ impl<N: Nft> Syncer<N> {
     pub fn set_service(&mut self, name: ServiceName, info: Option<ServiceInfo>, at: Instant) {
         if self.services.get(&name) == info.as_ref() {
             return;
+        }
+        if info
+            .as_ref()
+            .is_some_and(|i| i.health_check_node_port.is_some())
+        {
+            self.health_checked.insert(name.clone());
+        } else {
+            self.health_checked.remove(&name);
         }
         match info {
             Some(info) => {
@@ -210,8 +222,12 @@ impl<N: Nft> Syncer<N> {
     /// the service's ready endpoints on this node (distinct addresses).
     pub fn health_checks(&self) -> HealthChecks {
         let mut out = HealthChecks::new();
-        for (name, info) in &self.services {
-            let Some(port) = info.health_check_node_port else {
+        for name in &self.health_checked {
+            let Some(port) = self
+                .services
+                .get(name)
+                .and_then(|i| i.health_check_node_port)
+            else {
                 continue;
             };
             let local: BTreeSet<_> = self

@@ -732,7 +732,11 @@ async fn server(args: ServerArgs) -> Result<()> {
         }));
     }
     if !args.disable_agent {
-        let node = args.node.node_name.clone().unwrap_or_else(hostname);
+        let node = args
+            .node
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::agent::default_node_name);
         let client = client_as(format!("system:node:{node}"), &["system:nodes"]);
         let opts = args.node.options(
             &args.data_dir,
@@ -873,13 +877,11 @@ async fn simulate(
 
 /// A leader-election identity unique to this process.
 fn identity(component: &str) -> String {
-    format!("{}_{component}_{}", hostname(), std::process::id())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "skiff".into())
+    format!(
+        "{}_{component}_{}",
+        crate::agent::default_node_name(),
+        std::process::id()
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -107,6 +107,29 @@ fn in_client(cluster: &Cluster, args: &[&str]) -> Result<(bool, String, String)>
     ))
 }
 
+/// Retries `GET url` from the host (the server's namespace) for up to
+/// 30 s until it answers; returns the body. On failure the error ends with
+/// `diagnostics()` (a log tail).
+fn host_get_until(
+    cluster: &Cluster,
+    url: &str,
+    diagnostics: impl Fn() -> String,
+) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, body, err) = cluster.netns.http_get(url)?;
+        if ok {
+            return Ok(body);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} never answered from the host: {body}{err}\n{}",
+            diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Retries `/testbin http-get URL` in the client pod until it succeeds
 /// (the proxy's rules follow the service within seconds); returns the body.
 fn client_get(cluster: &Cluster, url: &str) -> Result<String> {
@@ -152,23 +175,11 @@ fn a_node_port_answers_on_the_node_address_until_its_service_is_deleted() -> Res
     ensure!((30000..=32767).contains(&port), "nodePort {port}");
     let url = format!("http://10.99.0.1:{port}/hostname");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, body, err) = cluster.netns.http_get(&url)?;
-        if ok {
-            ensure!(
-                names.contains(body.as_str()),
-                "{url} answered {body:?}, not one of {names:?}"
-            );
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{url} never answered from the host: {body}{err}\n{}",
-            cluster.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let body = host_get_until(&cluster, &url, || cluster.log_tail())?;
+    ensure!(
+        names.contains(body.as_str()),
+        "{url} answered {body:?}, not one of {names:?}"
+    );
 
     // Deleting the service removes its rules: the port stops answering.
     cluster.ok(&["delete", "service", "web"])?;
@@ -463,23 +474,11 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
     // The load balancer address with the service's port (not the node
     // port) reaches a pod.
     let url = "http://10.99.0.1:8080/hostname";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, body, err) = cluster.netns.http_get(url)?;
-        if ok {
-            ensure!(
-                names.contains(&body),
-                "{url} answered {body:?}, not one of {names:?}"
-            );
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{url} never answered from the host: {body}{err}\n{}",
-            cluster.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let body = host_get_until(&cluster, url, || cluster.log_tail())?;
+    ensure!(
+        names.contains(&body),
+        "{url} answered {body:?}, not one of {names:?}"
+    );
 
     // A second load balancer on the same port: the node address can carry
     // the port for one service only, so the older one keeps it and the new
@@ -548,23 +547,11 @@ fn a_load_balancer_service_answers_on_the_node_address_until_it_turns_cluster_ip
     let external = cluster.write("external.yaml", EXTERNAL_IPS)?;
     cluster.ok(&["apply", "-f", path_str(&external)?])?;
     let external_url = "http://10.99.0.77:8081/hostname";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ok, body, err) = cluster.netns.http_get(external_url)?;
-        if ok {
-            ensure!(
-                names.contains(&body),
-                "{external_url} answered {body:?}, not one of {names:?}"
-            );
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{external_url} never answered from the host: {body}{err}\n{}",
-            cluster.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let body = host_get_until(&cluster, external_url, || cluster.log_tail())?;
+    ensure!(
+        names.contains(&body),
+        "{external_url} answered {body:?}, not one of {names:?}"
+    );
     cluster.ok(&["delete", "service", "ext-web"])?;
 
     // externalTrafficPolicy Local: only nodes with a ready endpoint are
@@ -655,23 +642,9 @@ fn skiff_proxy_alone_programs_a_node_whose_agent_runs_no_proxy() -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting skiff proxy")?;
-    let reached = (|| -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, body, err) = cluster.netns.http_get(&url)?;
-            if ok {
-                return Ok(body);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{url} never answered through skiff proxy: {body}{err}\n{}",
-                    std::fs::read_to_string(cluster.dir.path().join("proxy.log"))
-                        .unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    })();
+    let reached = host_get_until(&cluster, &url, || {
+        std::fs::read_to_string(cluster.dir.path().join("proxy.log")).unwrap_or_default()
+    });
     stop(&mut proxy);
     let body = reached?;
     ensure!(body.starts_with("web-"), "{url} answered {body:?}");

@@ -7,15 +7,14 @@
 //! agent, which is single-threaded from the start:
 //!
 //! - a container's **monitor** (forked by the monitor zygote, see
-//!   `zygote.rs`, or without one forked twice from the agent; `setsid`
-//!   either way, so it outlives an agent restart) creates and starts the
-//!   container with its stdout and
-//!   stderr on pipes (or, with a TTY, on a terminal whose master it
-//!   receives over a console socket), copies them into the CRI log file and
-//!   to attached clients, holds the container's stdin open when it has one,
-//!   serves attaches and log reopens (after log rotation) on `attach.sock`
-//!   (see `attach.rs`), waits for the
-//!   container's init process (its child) and writes `exit.json`;
+//!   `zygote.rs`, or without one forked twice from the agent; `setsid` either
+//!   way, so it outlives an agent restart) creates and starts the container
+//!   with its stdout and stderr on pipes (or, with a TTY, on a terminal whose
+//!   master it receives over a console socket), copies them into the CRI log
+//!   file and to attached clients, holds the container's stdin open when it
+//!   has one, serves attaches and log reopens (after log rotation) on
+//!   `attach.sock` (see `attach.rs`), waits for the container's init process
+//!   (its child) and writes `exit.json`;
 //! - an **exec helper** (forked once) runs one command in a running
 //!   container as a tenant process with the caller's pipes as stdio (or a
 //!   terminal of its own, whose master goes to the caller through a console
