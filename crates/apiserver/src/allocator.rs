@@ -225,7 +225,8 @@ async fn allocate_into(
                 .get("nodePort")
                 .and_then(Value::as_i64)
                 .filter(|p| *p != 0);
-            let node_port = take_node_port(state, ranges, ns, name, i, asked, taken).await?;
+            let field = format!("spec.ports[{i}].nodePort");
+            let node_port = take_node_port(state, ranges, ns, name, &field, asked, taken).await?;
             if let Some(m) = port.as_object_mut() {
                 m.insert("nodePort".into(), json!(node_port));
             }
@@ -235,17 +236,50 @@ async fn allocate_into(
         spec.entry("externalTrafficPolicy")
             .or_insert(json!("Cluster"));
     }
+    take_health_check_node_port(state, ranges, ns, name, svc, &[], taken).await
+}
+
+/// Gives a LoadBalancer service with `externalTrafficPolicy: Local` its
+/// `spec.healthCheckNodePort` (the one asked for, or a free one) from the
+/// node port range, as upstream does; one it already `held` is kept.
+async fn take_health_check_node_port(
+    state: &AppState,
+    ranges: &ServiceRanges,
+    ns: &str,
+    name: &str,
+    svc: &mut Value,
+    held: &[i64],
+    taken: &mut Taken,
+) -> ApiResult<()> {
+    if !needs_health_check_node_port(svc) {
+        return Ok(());
+    }
+    let asked = health_check_node_port(svc);
+    if asked.is_some_and(|p| held.contains(&p)) {
+        return Ok(());
+    }
+    let field = "spec.healthCheckNodePort";
+    let port = take_node_port(state, ranges, ns, name, field, asked, taken).await?;
+    if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("healthCheckNodePort".into(), json!(port));
+    }
     Ok(())
 }
 
-/// Takes node port `asked` (422 if out of range or taken) or, without one,
-/// a free one, for port `i` of the service.
+fn health_check_node_port(svc: &Value) -> Option<i64> {
+    svc.pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_i64)
+        .filter(|p| *p != 0)
+}
+
+/// Takes node port `asked` (422 on `field` if out of range or taken) or,
+/// without one, a free one.
 async fn take_node_port(
     state: &AppState,
     ranges: &ServiceRanges,
     ns: &str,
     name: &str,
-    i: usize,
+    field: &str,
     asked: Option<i64>,
     taken: &mut Taken,
 ) -> ApiResult<i64> {
@@ -254,11 +288,10 @@ async fn take_node_port(
         taken.keys.push(format!("{PORTS}{p}"));
         return Ok(i64::from(p));
     };
-    let field = format!("spec.ports[{i}].nodePort");
     if p < i64::from(ranges.node_ports.0) || p > i64::from(ranges.node_ports.1) {
         return Err(invalid(
             name,
-            &field,
+            field,
             json!(p),
             &format!(
                 "provided port is not in the valid range. The range of valid ports is {}-{}",
@@ -278,7 +311,7 @@ async fn take_node_port(
         }
         Err(StoreError::AlreadyExists { .. }) => Err(invalid(
             name,
-            &field,
+            field,
             json!(p),
             "provided port is already allocated",
         )),
@@ -364,12 +397,14 @@ fn held_keys(svc: &Value) -> Vec<String> {
     keys
 }
 
+/// The node ports a service holds: its ports' and its health check's.
 fn node_ports(svc: &Value) -> Vec<i64> {
     svc.pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|port| port.get("nodePort").and_then(Value::as_i64))
+        .chain(health_check_node_port(svc))
         .filter(|p| *p != 0)
         .collect()
 }
@@ -615,7 +650,8 @@ pub async fn allocate_update(
                 i += 1;
                 continue;
             }
-            match take_node_port(state, &ranges, ns, &name, i, asked, &mut taken).await {
+            let field = format!("spec.ports[{i}].nodePort");
+            match take_node_port(state, &ranges, ns, &name, &field, asked, &mut taken).await {
                 Ok(p) => {
                     if let Some(m) = port.as_object_mut() {
                         m.insert("nodePort".into(), json!(p));
@@ -632,7 +668,12 @@ pub async fn allocate_update(
             spec.entry("externalTrafficPolicy")
                 .or_insert(json!("Cluster"));
         }
-        result
+        match result {
+            Ok(()) => {
+                take_health_check_node_port(state, &ranges, ns, &name, new, &held, &mut taken).await
+            }
+            err => err,
+        }
     } else {
         Ok(())
     };
@@ -673,15 +714,7 @@ pub async fn repair(state: &AppState, grace: Duration) -> ApiResult<usize> {
                 Ok(svc) => {
                     let what = kv.key.trim_start_matches(prefix);
                     let ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str);
-                    let ports: Vec<String> = svc
-                        .pointer("/spec/ports")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
-                        .map(|p| p.to_string())
-                        .collect();
-                    ip == Some(what) || ports.iter().any(|p| p == what)
+                    ip == Some(what) || node_ports(&svc).iter().any(|p| p.to_string() == what)
                 }
                 Err(ApiError::NotFound { .. }) => false,
                 Err(e) => return Err(e),

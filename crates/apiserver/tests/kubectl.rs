@@ -1389,6 +1389,56 @@ async fn services_get_unique_cluster_ips_and_node_ports_and_conflicts_are_refuse
     Ok(())
 }
 
+#[tokio::test]
+async fn a_local_load_balancer_gets_a_health_check_node_port_until_it_turns_cluster()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let lb = server.write(
+        "lb.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: default}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  ports: [{port: 80}]\n",
+    )?;
+    server
+        .ok(&["apply", "-f", lb.to_str().context("utf-8")?])
+        .await?;
+    let svc = server.json(&["get", "service", "lb"]).await?;
+    let hc = svc["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .context("no healthCheckNodePort on a Local load balancer")?;
+    ensure!((30000..=32767).contains(&hc), "{svc}");
+    ensure!(svc["spec"]["ports"][0]["nodePort"] != hc, "{svc}");
+    // Held like a node port: another service cannot take it.
+    let other = server.write(
+        "other.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {hc}}}]\n"
+        ),
+    )?;
+    let other = other.to_str().context("utf-8")?;
+    let err = server.fails(&["apply", "-f", other]).await?;
+    ensure!(err.contains("provided port is already allocated"), "{err}");
+    // An update that leaves it out keeps it.
+    server.ok(&["label", "service", "lb", "team=a"]).await?;
+    let kept = server.json(&["get", "service", "lb"]).await?;
+    ensure!(kept["spec"]["healthCheckNodePort"] == hc, "{kept}");
+    // Cluster policy: it goes and is free again.
+    server
+        .ok(&[
+            "patch",
+            "service",
+            "lb",
+            "-p",
+            r#"{"spec":{"externalTrafficPolicy":"Cluster"}}"#,
+        ])
+        .await?;
+    let cluster = server.json(&["get", "service", "lb"]).await?;
+    ensure!(
+        cluster["spec"].get("healthCheckNodePort").is_none(),
+        "{cluster}"
+    );
+    server.ok(&["apply", "-f", other]).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_service_type_takes_and_gives_back_node_ports() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
