@@ -147,9 +147,9 @@ impl WatchEncoder {
         object: &crate::watchcache::CachedObject,
     ) -> crate::error::ApiResult<Bytes> {
         if self.output != Output::Object {
-            return Ok(self.encode(kind, object.to_value(self.def)?));
+            return Ok(self.encode(kind, object.to_value()?));
         }
-        let json = object.presented_json(self.def)?;
+        let json = object.presented_json();
         let mut line = Vec::with_capacity(json.len() + 32);
         line.extend_from_slice(b"{\"type\":\"");
         line.extend_from_slice(kind.as_bytes());

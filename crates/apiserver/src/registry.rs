@@ -1649,7 +1649,7 @@ pub async fn list(
         let (revision, objects) = cache.snapshot(&prefix, &selectors)?;
         let items = objects
             .iter()
-            .map(|o| o.to_value(def))
+            .map(|o| o.to_value())
             .collect::<ApiResult<Vec<_>>>()?;
         return Ok(json!({
             "kind": def.list_kind(),

@@ -2,8 +2,8 @@
 //!
 //! Kubernetes' `Cacher` in a small form. For each resource that is watched
 //! (or listed with `resourceVersion=0`) the server keeps, in memory:
-//! - the current objects (raw stored bytes plus the labels and fields that
-//!   selectors look at, so matching needs no parsing), and
+//! - the current objects (their presented JSON plus the labels and fields
+//!   that selectors look at, so matching needs no parsing), and
 //! - a bounded window of the latest events,
 //!
 //! fed by one store watch. A watcher is a cursor into the window: it wakes
@@ -24,7 +24,7 @@
 //!   ended; the next request builds a fresh one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -44,45 +44,40 @@ pub const WINDOW: usize = 10_000;
 #[derive(Debug)]
 pub struct CachedObject {
     pub key: String,
-    /// The stored bytes (no `resourceVersion`).
-    pub value: Bytes,
+    /// The object as clients see it (`apiVersion`, `kind`, and
+    /// `resourceVersion` = `revision`), serialised once when it entered the
+    /// cache and shared by every watcher and list. The stored bytes are not
+    /// kept beside it: at 150,000 pods a second copy of each was hundreds of
+    /// MiB.
+    presented: Bytes,
     /// The revision the object is presented with.
     pub revision: Revision,
     pub attrs: Attrs,
-    /// The presented JSON, made on first use and shared by every watcher.
-    presented: OnceLock<Result<Bytes, String>>,
 }
 
 impl CachedObject {
-    fn new(def: &ResourceDef, key: String, value: Bytes, revision: Revision) -> ApiResult<Self> {
-        let obj = present(def, &value, revision)?;
+    fn new(def: &ResourceDef, key: String, value: &[u8], revision: Revision) -> ApiResult<Self> {
+        let obj = present(def, value, revision)?;
+        let attrs = Attrs::of(def, &obj);
+        let presented = serde_json::to_vec(&obj)
+            .map_err(|e| ApiError::Internal(format!("serialising {key}: {e}")))?;
         Ok(CachedObject {
-            attrs: Attrs::of(def, &obj),
+            attrs,
             key,
-            value,
+            presented: Bytes::from(presented),
             revision,
-            presented: OnceLock::new(),
         })
     }
 
     /// The object as clients see it, parsed.
-    pub fn to_value(&self, def: &ResourceDef) -> ApiResult<Value> {
-        present(def, &self.value, self.revision)
+    pub fn to_value(&self) -> ApiResult<Value> {
+        serde_json::from_slice(&self.presented)
+            .map_err(|e| ApiError::Internal(format!("cached object is not JSON: {e}")))
     }
 
-    /// The object as clients see it, serialised once.
-    pub fn presented_json(&self, def: &ResourceDef) -> ApiResult<Bytes> {
-        self.presented
-            .get_or_init(|| {
-                self.to_value(def)
-                    .and_then(|v| {
-                        serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))
-                    })
-                    .map(Bytes::from)
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(ApiError::Internal)
+    /// The object as clients see it, serialised.
+    pub fn presented_json(&self) -> Bytes {
+        self.presented.clone()
     }
 }
 
@@ -222,7 +217,7 @@ impl ResourceCache {
     fn apply(&self, event: skiff_store::Event) -> ApiResult<()> {
         let def = self.def;
         let to_obj = |kv: KeyValue, revision: Revision| {
-            CachedObject::new(def, kv.key, kv.value, revision).map(Arc::new)
+            CachedObject::new(def, kv.key, &kv.value, revision).map(Arc::new)
         };
         let current = event
             .current
@@ -328,7 +323,7 @@ async fn start(store: Arc<dyn Store>, def: &'static ResourceDef) -> ApiResult<Ar
         let key = kv.key.clone();
         objects.insert(
             key.clone(),
-            Arc::new(CachedObject::new(def, key, kv.value, rev)?),
+            Arc::new(CachedObject::new(def, key, &kv.value, rev)?),
         );
     }
     let revision = page.revision;

@@ -84,6 +84,14 @@ fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
         .map(|r| r.uid.as_str())
 }
 
+/// Drops `metadata.managedFields` from a watched object before it is cached,
+/// as client-go's `TransformStripManagedFields` does for kube-scheduler's and
+/// kube-controller-manager's informers: no controller reads them, and their
+/// field sets were the largest part of a cached pod.
+pub fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// An object's resourceVersion as a number, if it is one.
 pub fn parse_rv<K: Resource>(obj: &K) -> Option<u64> {
     obj.meta().resource_version.as_deref()?.parse().ok()
@@ -204,7 +212,9 @@ where
     /// with backoff on errors and relists when its history expired.
     pub fn spawn(api: Api<K>, config: watcher::Config) -> Self {
         let mut informer = Self::empty();
-        let events = watcher::watcher(api, config).default_backoff();
+        let events = watcher::watcher(api, config)
+            .default_backoff()
+            .modify(strip_managed_fields);
         let task = tokio::spawn(informer.clone().feed(events));
         informer.task = Some(Arc::new(WatchTask(task)));
         informer

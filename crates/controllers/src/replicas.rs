@@ -96,6 +96,17 @@ impl<S> Plan<S> {
     }
 }
 
+/// At most this many pods are created or deleted by one sync; the next
+/// sync, once the cache shows these, does the next batch. Without a cap a
+/// Deployment of 50,000 sent 25,000 concurrent creates in its last
+/// slow-start batch, whose requests and answers the server and controller
+/// held at once (the server's resident memory peaked at 5 GiB and never
+/// came back). Upstream caps at 500 (`BurstReplicas`); here one sync reads
+/// all of the owner's pods and large owners are paced (see [`pace`]), and
+/// with 500 the 50,000-pod Deployment was created at 363 pods/s, bound by
+/// the controller's round trips rather than by the server.
+pub const BURST_REPLICAS: i32 = 5_000;
+
 /// The pure decision: `pods` are the pods of the owner's namespace that it
 /// controls or may adopt (others are ignored).
 pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> Plan<Counts> {
@@ -155,9 +166,9 @@ pub fn plan<P: Borrow<Pod>>(target: &Target<'_>, pods: &[P], now: Timestamp) -> 
     counts.replicas = have;
     if !target.deleting {
         if have < want {
-            plan.create = want - have;
+            plan.create = (want - have).min(BURST_REPLICAS);
         } else if have > want {
-            let excess = (have - want) as usize;
+            let excess = (have - want).min(BURST_REPLICAS) as usize;
             // Only the `excess` cheapest pods need finding, and only their
             // order matters: a selection, then a sort of those, instead of
             // sorting every pod (scale to 0 sorts nothing).
@@ -309,12 +320,18 @@ pub async fn apply<S>(
         let mut batch = 1;
         while remaining > 0 {
             let n = batch.min(remaining);
-            let results = join_all((0..n).map(|_| pods.create(&params, &pod))).await;
+            // Only the name and version of each answer are kept, as it
+            // arrives: not a batch of whole pods.
+            let results = join_all((0..n).map(|_| async {
+                let p = pods.create(&params, &pod).await?;
+                Ok::<_, kube::Error>((p.name_any(), parse_rv(&p)))
+            }))
+            .await;
             let mut created = Vec::with_capacity(n);
             let mut failed = None;
             for r in results {
                 match r {
-                    Ok(p) => created.push((p.name_any(), parse_rv(&p))),
+                    Ok(c) => created.push(c),
                     Err(e) => failed = Some(e),
                 }
             }
@@ -431,5 +448,62 @@ mod tests {
         };
         let p = plan(&target, &[orphan], Timestamp::from_second(100).unwrap());
         assert_eq!((p.create, p.adopt.len()), (0, 0));
+    }
+
+    #[test]
+    fn one_sync_creates_or_deletes_at_most_a_burst() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let sel: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let owned = |i: usize| {
+            let mut p = pod(&format!("p{i}"), Some("n"), "Running", Some(1));
+            p.metadata.labels = Some(sel.clone());
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+            p
+        };
+        let target = |replicas| Target {
+            uid: "u",
+            replicas,
+            min_ready_seconds: 0,
+            selector: PodSelector::Map(&sel),
+            template_labels: &sel,
+            deleting: false,
+        };
+        let now = Timestamp::from_second(100).unwrap();
+        let few: Vec<Pod> = (0..10).map(owned).collect();
+        let many: Vec<Pod> = (0..BURST_REPLICAS as usize + 200).map(owned).collect();
+        let cases = [
+            ("a small gap is filled at once", target(20), &few, (10, 0)),
+            (
+                "a large gap, one burst",
+                target(BURST_REPLICAS * 10),
+                &few,
+                (BURST_REPLICAS, 0),
+            ),
+            (
+                "a small excess goes at once",
+                target(BURST_REPLICAS + 190),
+                &many,
+                (0, 10),
+            ),
+            (
+                "a large excess, one burst",
+                target(0),
+                &many,
+                (0, BURST_REPLICAS as usize),
+            ),
+        ];
+        for (name, target, pods, want) in cases {
+            let p = plan(&target, pods, now);
+            assert_eq!((p.create, p.delete.len()), want, "{name}");
+            assert_eq!(
+                p.status.replicas,
+                pods.len() as i32,
+                "{name}: counts every pod"
+            );
+        }
     }
 }

@@ -197,7 +197,9 @@ fn watch<K>(api: Api<K>) -> impl Stream<Item = Result<WatchEvent<K>, watcher::Er
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher::watcher(api, watcher::Config::default()).default_backoff()
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(skiff_client::informer::strip_managed_fields)
 }
 
 impl Scheduler {
