@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::resources::{HostPort, Resource, host_ports, non_zero_requests, pod_requests};
@@ -142,6 +142,18 @@ impl PodInfo {
         self
     }
 
+    /// The same pod as the cache keeps one assigned to a node: its
+    /// requests, host ports and priority are computed already, and of the
+    /// object only what plugins and preemption read of *other* pods stays
+    /// (identity, labels, owners, deletion, the scheduling fields of the
+    /// spec, phase and start time). Containers, volumes, annotations and
+    /// the rest of the status go: a typed `Pod` with one container is
+    /// 6–7 KB, and the cache holds every pod of the cluster.
+    pub fn assigned(mut self) -> PodInfo {
+        self.pod = Arc::new(assigned_view(&self.pod));
+        self
+    }
+
     pub fn namespace(&self) -> &str {
         self.pod.metadata.namespace.as_deref().unwrap_or("default")
     }
@@ -161,6 +173,44 @@ impl PodInfo {
 
     pub fn is_terminating(&self) -> bool {
         self.pod.metadata.deletion_timestamp.is_some()
+    }
+}
+
+/// What [`PodInfo::assigned`] keeps of a pod.
+fn assigned_view(pod: &Pod) -> Pod {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            labels: meta.labels.clone(),
+            owner_references: meta.owner_references.clone(),
+            creation_timestamp: meta.creation_timestamp.clone(),
+            deletion_timestamp: meta.deletion_timestamp.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        },
+        spec: spec.map(|s| PodSpec {
+            node_name: s.node_name.clone(),
+            scheduler_name: s.scheduler_name.clone(),
+            priority: s.priority,
+            priority_class_name: s.priority_class_name.clone(),
+            preemption_policy: s.preemption_policy.clone(),
+            node_selector: s.node_selector.clone(),
+            affinity: s.affinity.clone(),
+            tolerations: s.tolerations.clone(),
+            topology_spread_constraints: s.topology_spread_constraints.clone(),
+            ..Default::default()
+        }),
+        status: status.map(|s| PodStatus {
+            phase: s.phase.clone(),
+            start_time: s.start_time.clone(),
+            nominated_node_name: s.nominated_node_name.clone(),
+            ..Default::default()
+        }),
     }
 }
 
@@ -884,6 +934,58 @@ mod tests {
     use crate::plugins::default_profile;
     use crate::plugins::testing::{node_named, pod};
     use serde_json::json;
+
+    #[test]
+    fn an_assigned_pod_keeps_what_other_pods_are_judged_by() {
+        let affinity = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}});
+        let full = pod(json!({
+            "metadata": {"labels": {"app": "web"}, "annotations": {"big": "x".repeat(1000)},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "o", "controller": true}]},
+            "spec": {"nodeName": "n1", "priority": 7, "affinity": affinity,
+                "containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}],
+                "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }));
+        let slim = full.clone().assigned();
+        assert_eq!(slim.requests, full.requests);
+        assert_eq!(slim.non_zero_requests, full.non_zero_requests);
+        assert_eq!(slim.host_ports, full.host_ports);
+        assert_eq!(
+            (slim.priority, slim.has_pod_affinity, slim.label_key),
+            (full.priority, true, full.label_key)
+        );
+        assert_eq!(
+            (slim.namespace(), slim.name(), slim.uid()),
+            (full.namespace(), full.name(), full.uid())
+        );
+        assert_eq!(slim.labels(), full.labels());
+        let (spec, status) = (
+            slim.pod.spec.as_ref().unwrap(),
+            slim.pod.status.as_ref().unwrap(),
+        );
+        assert_eq!(spec.affinity, full.pod.spec.as_ref().unwrap().affinity);
+        assert_eq!(
+            (spec.node_name.as_deref(), spec.priority),
+            (Some("n1"), Some(7))
+        );
+        assert_eq!(
+            slim.pod.metadata.owner_references,
+            full.pod.metadata.owner_references
+        );
+        assert_eq!(
+            status.start_time,
+            full.pod.status.as_ref().unwrap().start_time
+        );
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert!(slim.pod.metadata.annotations.is_none());
+        assert!(status.conditions.is_none() && status.container_statuses.is_none());
+    }
 
     #[test]
     fn large_clusters_are_searched_only_until_enough_nodes_fit() {

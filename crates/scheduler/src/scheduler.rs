@@ -377,7 +377,7 @@ impl Scheduler {
             return;
         }
         if let Some(node) = assigned_node(&pod).map(str::to_string) {
-            let info = Arc::new(self.pod_info(Arc::new(pod)));
+            let info = Arc::new(self.pod_info(Arc::new(pod)).assigned());
             let ours = self.cache.add_or_update_pod(info, &node);
             self.pending.remove(&key);
             self.queue.delete(&key);
@@ -488,7 +488,11 @@ impl Scheduler {
                 drop(infos);
                 let mut bound = (*pod).clone();
                 bound.spec.get_or_insert_with(Default::default).node_name = Some(r.node.clone());
-                let assumed = Arc::new(PodInfo::new(Arc::new(bound)).with_priority(info.priority));
+                let assumed = Arc::new(
+                    PodInfo::new(Arc::new(bound))
+                        .with_priority(info.priority)
+                        .assigned(),
+                );
                 self.cache.assume(assumed, &r.node);
                 tokio::spawn(bind(
                     self.client.clone(),
