@@ -86,8 +86,8 @@ fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
 
 /// Drops `metadata.managedFields` from a watched object before it is cached,
 /// as client-go's `TransformStripManagedFields` does for kube-scheduler's and
-/// kube-controller-manager's informers: no controller reads them, and their
-/// field sets were the largest part of a cached pod.
+/// kube-controller-manager's informers: no controller reads them, and each
+/// manager's field set is a tree of JSON values in every cached object.
 pub fn strip_managed_fields<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
