@@ -1407,15 +1407,8 @@ async fn a_local_load_balancer_gets_a_health_check_node_port_until_it_turns_clus
     ensure!((30000..=32767).contains(&hc), "{svc}");
     ensure!(svc["spec"]["ports"][0]["nodePort"] != hc, "{svc}");
     // Held like a node port: another service cannot take it.
-    let other = server.write(
-        "other.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {hc}}}]\n"
-        ),
-    )?;
+    let other = node_port_is_held(&server, hc).await?;
     let other = other.to_str().context("utf-8")?;
-    let err = server.fails(&["apply", "-f", other]).await?;
-    ensure!(err.contains("provided port is already allocated"), "{err}");
     // An update that leaves it out keeps it.
     server.ok(&["label", "service", "lb", "team=a"]).await?;
     let kept = server.json(&["get", "service", "lb"]).await?;
@@ -1466,15 +1459,8 @@ async fn changing_a_service_type_takes_and_gives_back_node_ports() -> anyhow::Re
     ensure!(np["spec"]["clusterIP"] == ip, "{np}");
     ensure!(np["spec"]["externalTrafficPolicy"] == "Cluster", "{np}");
     // The port is held: another service cannot take it.
-    let other = server.write(
-        "other.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {port}}}]\n"
-        ),
-    )?;
+    let other = node_port_is_held(&server, port).await?;
     let other = other.to_str().context("utf-8")?;
-    let err = server.fails(&["apply", "-f", other]).await?;
-    ensure!(err.contains("provided port is already allocated"), "{err}");
 
     // A replace without the allocated values keeps them.
     let mut manifest = np.clone();
@@ -1531,4 +1517,24 @@ async fn changing_a_service_type_takes_and_gives_back_node_ports() -> anyhow::Re
     let unchanged = server.json(&["get", "service", "web"]).await?;
     ensure!(unchanged["spec"]["type"] == "ClusterIP", "{unchanged}");
     Ok(())
+}
+
+/// Fails unless a NodePort service `other` asking for `port` is refused
+/// because the port is already allocated; returns its manifest, to apply
+/// once the port is free.
+async fn node_port_is_held(
+    server: &TestServer,
+    port: impl std::fmt::Display,
+) -> anyhow::Result<std::path::PathBuf> {
+    let other = server.write(
+        "other.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: default}}\nspec:\n  type: NodePort\n  ports: [{{port: 80, nodePort: {port}}}]\n"
+        ),
+    )?;
+    let err = server
+        .fails(&["apply", "-f", other.to_str().context("utf-8")?])
+        .await?;
+    ensure!(err.contains("provided port is already allocated"), "{err}");
+    Ok(other)
 }

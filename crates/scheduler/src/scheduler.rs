@@ -486,14 +486,14 @@ impl Scheduler {
             Ok(r) => {
                 self.next_start_node = (start + r.evaluated_nodes) % infos.len().max(1);
                 drop(infos);
-                let mut bound = (*pod).clone();
-                bound.spec.get_or_insert_with(Default::default).node_name = Some(r.node.clone());
-                let assumed = Arc::new(
-                    PodInfo::new(Arc::new(bound))
-                        .with_priority(info.priority)
-                        .assigned(),
-                );
-                self.cache.assume(assumed, &r.node);
+                // The attempt's requests, ports and priority stand; only the
+                // cached copy (fresh from `assigned`) learns its node.
+                let mut assumed = info.assigned();
+                Arc::make_mut(&mut assumed.pod)
+                    .spec
+                    .get_or_insert_with(Default::default)
+                    .node_name = Some(r.node.clone());
+                self.cache.assume(Arc::new(assumed), &r.node);
                 tokio::spawn(bind(
                     self.client.clone(),
                     pod,
